@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Train the waste classifier from scratch and export it as a self-describing ONNX model.
+
+Usage (Debian's Python, which owns python3-torch):
+  /usr/bin/python3 tools/train/train.py --data ../shared/datasets/trashnet --out models/waste-classifier.onnx
+
+The data folder is laid out as <root>/<class>/<image>.jpg; class names are the sorted folder names.
+The train/validation split is read from --split-dir when the lists exist there, otherwise made
+(stratified, seeded) and written there, so a retrain sees exactly the same validation photos.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from net import WasteNet  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Mean/std of ImageNet-like photos in 0..255 units; the ONNX metadata carries them to the nodes.
+MEAN = [124.0, 116.0, 104.0]
+STD = [58.0, 57.0, 57.0]
+
+
+def parse_args():
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder of <class>/<image> photos")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--split-dir", default=os.path.join(here, "split"), help="where train.txt/val.txt live")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--epochs", type=int, default=160)
+    p.add_argument("--budget-min", type=float, default=0,
+                   help="if >0, cut the epoch count after epoch 1 so training fits this many minutes")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=20261126)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--cache-dir", default=os.path.join(here, "cache"))
+    p.add_argument("--metrics", default="", help="JSON file for validation metrics (default: next to --out)")
+    return p.parse_args()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def list_dataset(root):
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    items = []
+    for ci, c in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, c))):
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                items.append((f"{c}/{f}", ci))
+    if not classes or not items:
+        sys.exit(f"no <class>/<image> photos found under {root}")
+    return classes, items
+
+
+def load_or_make_split(items, split_dir, val_fraction, seed):
+    train_file, val_file = os.path.join(split_dir, "train.txt"), os.path.join(split_dir, "val.txt")
+    if os.path.exists(train_file) and os.path.exists(val_file):
+        read = lambda f: [l.strip() for l in open(f) if l.strip() and not l.startswith("#")]
+        train_names, val_names = set(read(train_file)), set(read(val_file))
+        known = {n for n, _ in items}
+        missing = (train_names | val_names) - known
+        if missing:
+            print(f"warning: {len(missing)} listed photos are not in the data folder", file=sys.stderr)
+        new = known - train_names - val_names
+        if new:
+            print(f"note: {len(new)} photos are in neither list; they go to training", file=sys.stderr)
+        return [it for it in items if it[0] not in val_names], [it for it in items if it[0] in val_names]
+    rng = random.Random(seed)
+    train, val = [], []
+    by_class = {}
+    for it in items:
+        by_class.setdefault(it[1], []).append(it)
+    for ci in sorted(by_class):
+        group = sorted(by_class[ci])
+        rng.shuffle(group)
+        n_val = round(len(group) * val_fraction)
+        val += group[:n_val]
+        train += group[n_val:]
+    os.makedirs(split_dir, exist_ok=True)
+    for f, part in ((train_file, train), (val_file, val)):
+        with open(f, "w") as fh:
+            fh.write(f"# {len(part)} photos, seed {seed}; paths relative to the data folder\n")
+            fh.writelines(n + "\n" for n, _ in sorted(part))
+    return sorted(train), sorted(val)
+
+
+def load_images(root, items, size, cache_dir, tag):
+    """Decode every photo once to size (w, h) uint8 NCHW; cached because decoding dominates start-up."""
+    os.makedirs(cache_dir, exist_ok=True)
+    digest = hashlib.sha1("\n".join(n for n, _ in items).encode()).hexdigest()[:10]
+    key = f"{tag}-{size[0]}x{size[1]}-{len(items)}-{digest}.npy"
+    path = os.path.join(cache_dir, key)
+    if os.path.exists(path):
+        return torch.from_numpy(np.load(path))
+    arr = np.empty((len(items), 3, size[1], size[0]), dtype=np.uint8)
+    for i, (name, _) in enumerate(items):
+        with Image.open(os.path.join(root, name)) as im:
+            im = im.convert("RGB")
+            # "cover": scale to fill, centre-crop the excess, as the nodes' sharp pipeline does.
+            scale = max(size[0] / im.width, size[1] / im.height)
+            w, h = max(size[0], round(im.width * scale)), max(size[1], round(im.height * scale))
+            im = im.resize((w, h), Image.LANCZOS)
+            left, top = (w - size[0]) // 2, (h - size[1]) // 2
+            im = im.crop((left, top, left + size[0], top + size[1]))
+            arr[i] = np.asarray(im).transpose(2, 0, 1)
+    np.save(path, arr)
+    return torch.from_numpy(arr)
+
+
+def augment(batch_u8, out_hw, gen):
+    """Conveyor conditions on a whole batch at once: pose (rotation, flips, scale, position) via one
+    affine resample, then lighting (brightness, contrast, saturation, white balance), blur and noise."""
+    n = batch_u8.shape[0]
+    x = batch_u8.float()
+    H, W = x.shape[2], x.shape[3]
+    aspect = W / H
+    rnd = lambda *s: torch.rand(*s, generator=gen)
+    angle = (rnd(n) * 2 - 1) * math.radians(30)
+    zoom = 0.65 + rnd(n) * 0.55  # sampled extent relative to the frame: <1 zooms in, >1 zooms out
+    stretch = torch.exp((rnd(n) * 2 - 1) * 0.1)
+    sx, sy = zoom * stretch, zoom / stretch
+    flip_x = torch.where(rnd(n) < 0.5, -1.0, 1.0)
+    flip_y = torch.where(rnd(n) < 0.5, -1.0, 1.0)
+    tx = (rnd(n) * 2 - 1) * (1 - sx).abs().clamp(min=0.1)
+    ty = (rnd(n) * 2 - 1) * (1 - sy).abs().clamp(min=0.1)
+    c, s = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3)
+    # Rotation in pixel space expressed in normalised coordinates of a non-square frame.
+    theta[:, 0, 0] = c * sx * flip_x
+    theta[:, 0, 1] = -s / aspect * sy * flip_y
+    theta[:, 1, 0] = s * aspect * sx * flip_x
+    theta[:, 1, 1] = c * sy * flip_y
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, (n, 3, out_hw[0], out_hw[1]), align_corners=False)
+    if H > out_hw[0] * 1.5:
+        x = F.interpolate(x, scale_factor=0.5, mode="area")  # avoid aliasing on strong down-sampling
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    sat = (0.6 + rnd(n, 1, 1, 1) * 0.8)
+    x = gray + (x - gray) * sat
+    contrast = 0.65 + rnd(n, 1, 1, 1) * 0.7
+    mean_gray = gray.mean(dim=(2, 3), keepdim=True)
+    x = mean_gray + (x - mean_gray) * contrast
+    x = x * (0.65 + rnd(n, 1, 1, 1) * 0.7)  # brightness
+    x = x * (0.9 + rnd(n, 3, 1, 1) * 0.2)  # white balance / colour temperature
+    blur = rnd(n, 1, 1, 1) < 0.2
+    if blur.any():
+        k = torch.ones(3, 1, 3, 3) / 9.0
+        x = torch.where(blur, F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3), x)
+    x = x + torch.randn(x.shape, generator=gen) * (rnd(n, 1, 1, 1) * 6.0)
+    return x.clamp(0, 255)
+
+
+def normalise(x):
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def cutmix(x, y_onehot, gen):
+    n, _, H, W = x.shape
+    lam = float(torch.distributions.Beta(1.0, 1.0).sample())
+    perm = torch.randperm(n, generator=gen)
+    cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(H, (1,), generator=gen)), int(torch.randint(W, (1,), generator=gen))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
+    return x, lam * y_onehot + (1 - lam) * y_onehot[perm]
+
+
+class Ema:
+    """Exponential moving average of weights and BN statistics: a steadier final model."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+@torch.no_grad()
+def predict(model, images_u8, batch=128):
+    model.eval()
+    out = []
+    for i in range(0, len(images_u8), batch):
+        out.append(model(normalise(images_u8[i:i + batch].float())))
+    return torch.cat(out)
+
+
+def metrics(logits, labels, classes):
+    pred = logits.argmax(1)
+    k = len(classes)
+    cm = torch.zeros(k, k, dtype=torch.long)
+    for t, p in zip(labels.tolist(), pred.tolist()):
+        cm[t, p] += 1
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp = cm[i, i].item()
+        precision = tp / max(cm[:, i].sum().item(), 1)
+        recall = tp / max(cm[i, :].sum().item(), 1)
+        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "support": cm[i, :].sum().item()}
+    return {
+        "accuracy": round((pred == labels).float().mean().item(), 4),
+        "per_class": per_class,
+        "confusion_matrix": {"rows_true_cols_predicted": classes, "matrix": cm.tolist()},
+    }
+
+
+def export_onnx(model, path, classes, args, extra):
+    import onnx
+
+    model.eval()
+    dummy = torch.zeros(1, 3, args.height, args.width)
+    tmp = path + ".tmp"
+    torch.onnx.export(model, dummy, tmp, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=13, do_constant_folding=True)
+    m = onnx.load(tmp)
+    preprocess = {"width": args.width, "height": args.height, "resize": "cover", "channels": "RGB",
+                  "layout": "NCHW", "dtype": "float32", "mean": MEAN, "std": STD}
+    props = {"labels": json.dumps(classes), "preprocess": json.dumps(preprocess), "output": "logits"}
+    props.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
+    del m.metadata_props[:]
+    for k, v in props.items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = k, v
+    m.producer_name = "node-red-contrib-greengrass-ml tools/train"
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+    os.remove(tmp)
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    classes, items = list_dataset(args.data)
+    train_items, val_items = load_or_make_split(items, args.split_dir, args.val_fraction, args.seed)
+    print(f"classes {classes}; train {len(train_items)}, validation {len(val_items)}", flush=True)
+
+    t0 = time.time()
+    # Training photos are kept at 2x the model input so crops and zooms keep detail.
+    train_x = load_images(args.data, train_items, (args.width * 2, args.height * 2), args.cache_dir, "train")
+    val_x = load_images(args.data, val_items, (args.width, args.height), args.cache_dir, "val")
+    train_y = torch.tensor([c for _, c in train_items])
+    val_y = torch.tensor([c for _, c in val_items])
+    print(f"decoded photos in {time.time() - t0:.0f} s", flush=True)
+
+    model = WasteNet(len(classes))
+    ema = Ema(model, 0.998)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(train_items) / args.batch)
+    epochs = args.epochs
+    warmup = 3 * steps_per_epoch
+    step = 0
+    history = []
+    t_train = time.time()
+    epoch = 0
+    while epoch < epochs:
+        epoch += 1
+        model.train()
+        t_epoch = time.time()
+        order = torch.randperm(len(train_items), generator=gen)
+        total_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            if len(idx) < 8:
+                continue
+            total_steps = epochs * steps_per_epoch
+            lr = args.lr * (step + 1) / warmup if step < warmup else \
+                0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = normalise(augment(train_x[idx], (args.height, args.width), gen))
+            y = F.one_hot(train_y[idx], len(classes)).float() * 0.9 + 0.1 / len(classes)  # label smoothing
+            if torch.rand(1, generator=gen).item() < 0.5:
+                x, y = cutmix(x, y, gen)
+            loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(model)
+            step += 1
+            total_loss += loss.item()
+        dt = time.time() - t_epoch
+        if epoch == 1 and args.budget_min > 0:
+            fit = max(10, int(args.budget_min * 60 / dt))
+            if fit < epochs:
+                print(f"epoch takes {dt:.0f} s: cutting {epochs} epochs to {fit} to fit {args.budget_min} min", flush=True)
+                epochs = fit
+        line = f"epoch {epoch}/{epochs} loss {total_loss / steps_per_epoch:.3f} lr {lr:.4f} {dt:.0f}s"
+        if epoch % 5 == 0 or epoch == epochs:
+            acc = (predict(model, val_x).argmax(1) == val_y).float().mean().item()
+            line += f" val_acc {acc:.4f}"
+            history.append({"epoch": epoch, "val_acc": round(acc, 4)})
+        print(line, flush=True)
+
+    train_minutes = (time.time() - t_train) / 60
+    # Keep the weights before export so a failed export never costs a retrain.
+    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"), exist_ok=True)
+    torch.save({"model": model.state_dict(), "ema": ema.shadow, "classes": classes, "epochs": epochs},
+               os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "last.pt"))
+    raw = metrics(predict(model, val_x), val_y, classes)
+    model.load_state_dict(ema.shadow)
+    final = metrics(predict(model, val_x), val_y, classes)
+    print(f"validation accuracy: last weights {raw['accuracy']}, EMA weights {final['accuracy']}", flush=True)
+    summary = {
+        "classes": classes, "train_photos": len(train_items), "validation_photos": len(val_items),
+        "epochs": epochs, "seed": args.seed, "train_minutes": round(train_minutes, 1), "threads": args.threads,
+        "validation_last_weights": raw["accuracy"], "validation": final, "history": history,
+        "torch": torch.__version__,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    export_onnx(model, args.out, classes, args, {
+        "model_name": "waste-classifier", "training": json.dumps({"dataset": os.path.basename(os.path.normpath(args.data)),
+                                                                   "epochs": epochs, "seed": args.seed,
+                                                                   "validation_accuracy": final["accuracy"]})})
+    metrics_path = args.metrics or os.path.splitext(args.out)[0] + ".metrics.json"
+    with open(metrics_path, "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB) and {metrics_path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
