@@ -1,0 +1,35 @@
+/** Topic templates such as recycling/{{frame.camera}}/result, filled from message fields. */
+
+const PLACEHOLDER = /\{\{\s*([^}]+?)\s*\}\}/g;
+
+function lookup(msg: Record<string, unknown>, expression: string): unknown {
+  const path = expression.replace(/^msg\./, '').split('.');
+  let value: unknown = msg;
+  for (const key of path) {
+    if (value === null || typeof value !== 'object') return undefined;
+    value = (value as Record<string, unknown>)[key];
+  }
+  return value;
+}
+
+/**
+ * Fills a template. A value may not add topic levels or wildcards, so '/', '+' and '#' in values
+ * become '_'; a missing field is an error rather than a silently wrong topic.
+ */
+export function renderTopic(template: string, msg: Record<string, unknown>): string {
+  const topic = template.replace(PLACEHOLDER, (_match, expression: string) => {
+    const value = lookup(msg, expression);
+    if (value === undefined || value === null || value === '') {
+      throw new Error(`topic template "${template}" needs msg.${expression.replace(/^msg\./, '')}, which is missing`);
+    }
+    return String(value).replace(/[/+#]/g, '_');
+  });
+  validateTopic(topic);
+  return topic;
+}
+
+export function validateTopic(topic: string): void {
+  if (!topic) throw new Error('no topic: set one on the node or in msg.topic');
+  if (/[+#]/.test(topic)) throw new Error(`topic "${topic}" contains a wildcard (+ or #), which cannot be published to`);
+  if (Buffer.byteLength(topic) > 65535) throw new Error('topic is longer than MQTT allows');
+}

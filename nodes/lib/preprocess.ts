@@ -1,0 +1,100 @@
+/** Image bytes -> model input tensor with sharp, following a PreprocessSpec exactly. */
+import sharp from 'sharp';
+import { PreprocessSpec, tensorDims } from './preprocess-spec';
+import { TensorValue } from './tensor';
+
+// Frames are decoded on libvips threads; one is plenty per frame and leaves cores for inference.
+sharp.concurrency(1);
+sharp.cache(false);
+
+export interface PreprocessResult {
+  tensor: TensorValue;
+  sourceWidth: number;
+  sourceHeight: number;
+  ms: number;
+}
+
+/**
+ * Pure maths: packed RGB pixels (HWC, 0..255) -> tensor values. For float32 each value is
+ * (pixel - mean) / std per channel; for uint8 the raw pixels are kept (the graph normalises).
+ */
+export function pixelsToTensor(rgb: Uint8Array, width: number, height: number, spec: PreprocessSpec): TensorValue {
+  const plane = width * height;
+  if (rgb.length !== plane * 3) throw new Error(`expected ${plane * 3} RGB bytes for ${width}x${height}, got ${rgb.length}`);
+  const order = spec.channels === 'RGB' ? [0, 1, 2] : [2, 1, 0];
+  const dims = tensorDims({ ...spec, width, height });
+  const data = spec.dtype === 'float32' ? new Float32Array(plane * 3) : new Uint8Array(plane * 3);
+  const scale = order.map((c) => 1 / spec.std[c]);
+  const offset = order.map((c) => spec.mean[c]);
+  const asFloat = spec.dtype === 'float32';
+  for (let out = 0; out < 3; out++) {
+    const src = order[out];
+    const s = scale[out];
+    const m = offset[out];
+    if (spec.layout === 'NCHW') {
+      const base = out * plane;
+      for (let i = 0; i < plane; i++) data[base + i] = asFloat ? (rgb[i * 3 + src] - m) * s : rgb[i * 3 + src];
+    } else {
+      for (let i = 0; i < plane; i++) data[i * 3 + out] = asFloat ? (rgb[i * 3 + src] - m) * s : rgb[i * 3 + src];
+    }
+  }
+  return { type: spec.dtype, dims, data };
+}
+
+/** Decodes, orients, crops, resizes and normalises one image. Throws a user-facing error on bad input. */
+export async function imageToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {
+  const started = performance.now();
+  if (!Buffer.isBuffer(image) || image.length === 0) {
+    throw new Error(`msg.payload must be an image Buffer (JPEG, PNG, WebP...), got ${describeValue(image)}`);
+  }
+  let pipeline: sharp.Sharp;
+  let sourceWidth: number;
+  let sourceHeight: number;
+  try {
+    // failOn 'warning' rejects truncated or corrupt JPEGs instead of feeding grey pixels to the model.
+    pipeline = sharp(image, { failOn: 'warning', limitInputPixels: 100_000_000 }).rotate();
+    const meta = await sharp(image).metadata();
+    const swap = (meta.orientation ?? 1) >= 5; // EXIF orientations 5-8 swap width and height
+    sourceWidth = (swap ? meta.height : meta.width) ?? 0;
+    sourceHeight = (swap ? meta.width : meta.height) ?? 0;
+    if (!sourceWidth || !sourceHeight) throw new Error('image has no size');
+  } catch (err) {
+    throw new Error(`msg.payload is not a decodable image (${(err as Error).message}); expected JPEG, PNG or WebP bytes`);
+  }
+  if (spec.roi) {
+    const left = Math.round(spec.roi.x * sourceWidth);
+    const top = Math.round(spec.roi.y * sourceHeight);
+    const width = Math.max(1, Math.min(sourceWidth - left, Math.round(spec.roi.width * sourceWidth)));
+    const height = Math.max(1, Math.min(sourceHeight - top, Math.round(spec.roi.height * sourceHeight)));
+    pipeline = pipeline.extract({ left, top, width, height });
+  }
+  // Letterbox padding is the mean colour so it normalises to zero, the least surprising input.
+  const [r, g, b] = spec.mean.map((v) => Math.max(0, Math.min(255, Math.round(spec.dtype === 'float32' ? v : 0))));
+  pipeline = pipeline
+    .resize(spec.width, spec.height, { fit: spec.resize, background: { r, g, b, alpha: 1 } })
+    .removeAlpha()
+    .toColourspace('srgb');
+  let pixels: Buffer;
+  let info: sharp.OutputInfo;
+  try {
+    ({ data: pixels, info } = await pipeline.raw().toBuffer({ resolveWithObject: true }));
+  } catch (err) {
+    throw new Error(`msg.payload is not a decodable image (${(err as Error).message}); expected JPEG, PNG or WebP bytes`);
+  }
+  if (info.channels !== 3) {
+    // Grey images stay single-band in some libvips paths; widen to RGB.
+    const plane = info.width * info.height;
+    const rgb = Buffer.alloc(plane * 3);
+    for (let i = 0; i < plane; i++) rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = pixels[i * info.channels];
+    pixels = rgb;
+  }
+  const tensor = pixelsToTensor(pixels, info.width, info.height, spec);
+  return { tensor, sourceWidth, sourceHeight, ms: performance.now() - started };
+}
+
+export function describeValue(value: unknown): string {
+  if (value === null) return 'null';
+  if (Buffer.isBuffer(value)) return `an empty Buffer`;
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'string' ? `a string ("${value.slice(0, 40)}")` : typeof value;
+}

@@ -1,0 +1,67 @@
+/** The slice of Node-RED's runtime API the nodes use (keeps @types/node-red out of the dependencies). */
+export interface NodeMessage {
+  [key: string]: unknown;
+  _msgid?: string;
+  payload?: unknown;
+  topic?: string;
+}
+
+export type SendFunction = (msg: NodeMessage | (NodeMessage | NodeMessage[] | null)[] | null) => void;
+export type DoneFunction = (err?: Error) => void;
+
+export interface NodeStatus {
+  fill?: 'red' | 'green' | 'yellow' | 'blue' | 'grey';
+  shape?: 'ring' | 'dot';
+  text?: string;
+}
+
+export interface Node {
+  id: string;
+  type: string;
+  name?: string;
+  credentials?: Record<string, string | undefined>;
+  on(event: 'input', handler: (msg: NodeMessage, send: SendFunction, done: DoneFunction) => void | Promise<void>): void;
+  on(event: 'close', handler: (removed: boolean, done: () => void) => void): void;
+  send(msg: NodeMessage | (NodeMessage | NodeMessage[] | null)[] | null): void;
+  status(status: NodeStatus | Record<string, never>): void;
+  log(msg: unknown): void;
+  warn(msg: unknown): void;
+  error(err: unknown, msg?: NodeMessage): void;
+  debug(msg: unknown): void;
+}
+
+export interface NodeDef {
+  id: string;
+  type: string;
+  name?: string;
+  [key: string]: unknown;
+}
+
+export interface NodeAPI {
+  nodes: {
+    createNode(node: Node, def: NodeDef): void;
+    registerType(type: string, ctor: (this: Node, def: NodeDef) => void, opts?: { credentials?: Record<string, { type: 'text' | 'password' }>; settings?: Record<string, unknown> }): void;
+    getNode(id: string): Node | null;
+  };
+  settings: { userDir?: string; [key: string]: unknown };
+  util: {
+    cloneMessage<T>(msg: T): T;
+    getMessageProperty(msg: NodeMessage, expr: string): unknown;
+    setMessageProperty(msg: NodeMessage, expr: string, value: unknown, createMissing?: boolean): boolean;
+  };
+  log: { info(m: string): void; warn(m: string): void; error(m: string): void };
+}
+
+/** Numbers from the editor arrive as strings, or as "" after ${ENV} substitution of an unset variable. */
+export function numberSetting(value: unknown, fallback: number, { min = -Infinity, max = Infinity } = {}): number {
+  if (value === undefined || value === null || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new Error(`expected a number between ${min} and ${max}, got ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,68 @@
+/** The tensor carried on messages between ml-preprocess and ml-inference (and across the worker). */
+export type TensorType = 'float32' | 'uint8' | 'int8' | 'int32' | 'int64' | 'float64';
+export type TensorData = Float32Array | Uint8Array | Int8Array | Int32Array | BigInt64Array | Float64Array;
+
+export interface TensorValue {
+  type: TensorType;
+  dims: number[];
+  data: TensorData;
+}
+
+const TYPED_ARRAYS: Record<TensorType, new (buffer: ArrayBufferLike, offset: number, length: number) => TensorData> = {
+  float32: Float32Array,
+  uint8: Uint8Array,
+  int8: Int8Array,
+  int32: Int32Array,
+  int64: BigInt64Array,
+  float64: Float64Array,
+};
+
+export function elementCount(dims: readonly number[]): number {
+  return dims.reduce((a, b) => a * b, 1);
+}
+
+export function describeTensor(t: { type?: unknown; dims?: unknown }): string {
+  return `${String(t.type)} [${Array.isArray(t.dims) ? t.dims.join(', ') : '?'}]`;
+}
+
+/**
+ * Accepts what users put on msg.payload: our tensor object, an onnxruntime Tensor, or the same after
+ * a JSON round-trip (data as a plain array or a serialised Buffer). Throws naming what is wrong.
+ */
+export function toTensorValue(value: unknown): TensorValue {
+  if (!value || typeof value !== 'object' || Buffer.isBuffer(value)) {
+    const got = Buffer.isBuffer(value) ? 'a Buffer (an image? pass it through ml-preprocess first)' : typeof value;
+    throw new Error(`msg.payload must be a tensor {type, dims, data} from ml-preprocess, got ${got}`);
+  }
+  const v = value as Record<string, unknown>;
+  const type = v.type as TensorType;
+  if (!(type in TYPED_ARRAYS)) {
+    throw new Error(`tensor type must be one of ${Object.keys(TYPED_ARRAYS).join(', ')}, got ${JSON.stringify(v.type)}`);
+  }
+  const dims = v.dims;
+  if (!Array.isArray(dims) || dims.length === 0 || !dims.every((d) => Number.isInteger(d) && d > 0)) {
+    throw new Error(`tensor dims must be an array of positive integers, got ${JSON.stringify(dims)}`);
+  }
+  const Ctor = TYPED_ARRAYS[type];
+  let data: TensorData;
+  const raw = v.data as unknown;
+  if (raw instanceof Ctor) {
+    data = raw;
+  } else if (Array.isArray(raw)) {
+    data = type === 'int64' ? BigInt64Array.from(raw.map((x) => BigInt(x))) : (Ctor as unknown as { from(a: number[]): TensorData }).from(raw);
+  } else if (ArrayBuffer.isView(raw)) {
+    const bytes = raw as ArrayBufferView;
+    const size = (Ctor as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT;
+    if (bytes.byteLength % size !== 0) throw new Error(`tensor data has ${bytes.byteLength} bytes, not a whole number of ${type} values`);
+    const copy = new Uint8Array(bytes.byteLength);
+    copy.set(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    data = new Ctor(copy.buffer, 0, bytes.byteLength / size);
+  } else {
+    throw new Error('tensor data must be a typed array or an array of numbers');
+  }
+  const expected = elementCount(dims);
+  if (data.length !== expected) {
+    throw new Error(`tensor ${describeTensor(v)} needs ${expected} values but its data has ${data.length}`);
+  }
+  return { type, dims: dims.slice(), data };
+}

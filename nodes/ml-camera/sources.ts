@@ -1,0 +1,233 @@
+/** Frame sources of ml-camera that need no video decoder: folder, file, snapshot URL, test pattern. */
+import { promises as fs } from 'fs';
+import * as http from 'http';
+import * as https from 'https';
+import * as path from 'path';
+import sharp from 'sharp';
+
+export type SourceType = 'pattern' | 'folder' | 'file' | 'url';
+
+export interface RawFrame {
+  /** Encoded image bytes (JPEG after normaliseToJpeg). */
+  image: Buffer;
+  /** Where the frame came from: file path or URL without credentials. */
+  origin: string;
+}
+
+export interface FrameSource {
+  readonly type: SourceType;
+  /** The next frame, or null when a finite source (folder played once) is exhausted. */
+  next(): Promise<RawFrame | null>;
+  /** Start again from the beginning (folders). */
+  rewind(): void;
+  close(): void;
+}
+
+export const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif']);
+const MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024;
+
+/** Decides the source type from the setting: '' -> pattern, http(s) -> url, else a folder or file on disk. */
+export async function detectSourceType(source: string): Promise<SourceType> {
+  const value = source.trim();
+  if (!value || value === 'pattern' || value === 'test-pattern') return 'pattern';
+  if (/^https?:\/\//i.test(value)) return 'url';
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
+    throw new Error(`unsupported camera source "${redactUrl(value)}": expected a folder, an image file, an http(s) snapshot URL or empty for the test pattern`);
+  }
+  try {
+    const stat = await fs.stat(value);
+    return stat.isDirectory() ? 'folder' : 'file';
+  } catch {
+    throw new Error(`camera source "${value}" does not exist: expected a folder, an image file, an http(s) snapshot URL or empty for the test pattern`);
+  }
+}
+
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.username || u.password) {
+      u.username = '';
+      u.password = '';
+    }
+    return u.toString();
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, '//');
+  }
+}
+
+export function isJpeg(image: Buffer): boolean {
+  return image.length > 3 && image[0] === 0xff && image[1] === 0xd8 && image[2] === 0xff;
+}
+
+/** Frames leave the camera as JPEG whatever the file format, so later steps handle one format. */
+export async function normaliseToJpeg(image: Buffer): Promise<Buffer> {
+  if (isJpeg(image)) return image;
+  return sharp(image, { failOn: 'error' }).rotate().jpeg({ quality: 92 }).toBuffer();
+}
+
+/** Recursively lists image files under a folder in natural order (img2 before img10). */
+export async function listImages(dir: string, recursive: boolean): Promise<string[]> {
+  const found: string[] = [];
+  async function walk(d: string) {
+    const entries = await fs.readdir(d, { withFileTypes: true });
+    for (const e of entries) {
+      if (e.name.startsWith('.')) continue;
+      const full = path.join(d, e.name);
+      if (e.isDirectory()) {
+        if (recursive) await walk(full);
+      } else if (IMAGE_EXTENSIONS.has(path.extname(e.name).toLowerCase())) {
+        found.push(full);
+      }
+    }
+  }
+  await walk(dir);
+  const collator = new Intl.Collator('en', { numeric: true });
+  return found.sort((a, b) => collator.compare(a, b));
+}
+
+export class FolderSource implements FrameSource {
+  readonly type = 'folder';
+  private files: string[] | undefined;
+  private index = 0;
+
+  constructor(private readonly dir: string, private readonly options: { loop: boolean; recursive: boolean }) {}
+
+  async next(): Promise<RawFrame | null> {
+    // The folder is listed again at each pass, so images dropped into it are picked up.
+    if (!this.files || (this.index >= this.files.length && this.options.loop)) {
+      this.files = await listImages(this.dir, this.options.recursive);
+      this.index = 0;
+      if (this.files.length === 0) throw new Error(`folder ${this.dir} has no images (${[...IMAGE_EXTENSIONS].join(', ')})`);
+    }
+    while (this.index < this.files.length) {
+      const file = this.files[this.index++];
+      try {
+        return { image: await fs.readFile(file), origin: file };
+      } catch (err) {
+        // A file removed since the listing is skipped; anything else is reported.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    return null;
+  }
+
+  rewind(): void {
+    this.files = undefined;
+  }
+
+  close(): void {
+    this.files = undefined;
+  }
+}
+
+export class FileSource implements FrameSource {
+  readonly type = 'file';
+  constructor(private readonly file: string) {}
+
+  async next(): Promise<RawFrame> {
+    // Read every time: another process may be replacing the file with newer snapshots.
+    return { image: await fs.readFile(this.file), origin: this.file };
+  }
+
+  rewind(): void {}
+  close(): void {}
+}
+
+export interface SnapshotOptions {
+  username?: string;
+  password?: string;
+  timeoutMs: number;
+}
+
+export class SnapshotSource implements FrameSource {
+  readonly type = 'url';
+  private readonly agent: http.Agent;
+  private readonly url: URL;
+  private readonly origin: string;
+  private readonly requests = new Set<http.ClientRequest>();
+
+  constructor(url: string, private readonly options: SnapshotOptions) {
+    this.url = new URL(url);
+    // Credentials may come in the URL; they move to a header and never appear in msg.frame.origin.
+    if (this.url.username && !options.username) {
+      this.options = { ...options, username: decodeURIComponent(this.url.username), password: decodeURIComponent(this.url.password) };
+    }
+    this.url.username = '';
+    this.url.password = '';
+    this.origin = this.url.toString();
+    this.agent = this.url.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets: 1 }) : new http.Agent({ keepAlive: true, maxSockets: 1 });
+  }
+
+  next(): Promise<RawFrame> {
+    const client = this.url.protocol === 'https:' ? https : http;
+    const headers: Record<string, string> = { Accept: 'image/jpeg, image/*' };
+    if (this.options.username) {
+      headers.Authorization = 'Basic ' + Buffer.from(`${this.options.username}:${this.options.password ?? ''}`).toString('base64');
+    }
+    return new Promise((resolve, reject) => {
+      const req = client.get(this.url, { agent: this.agent, headers, timeout: this.options.timeoutMs }, (res) => {
+        const status = res.statusCode ?? 0;
+        if (status !== 200) {
+          res.resume();
+          const hint = status === 401 || status === 403 ? ' (check the user name and password)' : status === 404 ? ' (check the URL path)' : '';
+          return reject(new Error(`snapshot ${this.origin} answered HTTP ${status}${hint}`));
+        }
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_SNAPSHOT_BYTES) {
+            req.destroy(new Error(`snapshot ${this.origin} is larger than ${MAX_SNAPSHOT_BYTES} bytes`));
+          } else {
+            chunks.push(c);
+          }
+        });
+        res.on('end', () => resolve({ image: Buffer.concat(chunks), origin: this.origin }));
+        res.on('error', reject);
+      });
+      this.requests.add(req);
+      req.on('timeout', () => req.destroy(new Error(`snapshot ${this.origin} did not answer within ${this.options.timeoutMs} ms`)));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        const hint = err.code === 'ECONNREFUSED' ? ' (nothing listens there: is the camera on and the port right?)' : err.code === 'ENOTFOUND' ? ' (unknown host name)' : '';
+        reject(new Error(`snapshot ${this.origin} failed: ${err.message}${hint}`));
+      });
+      req.on('close', () => this.requests.delete(req));
+    });
+  }
+
+  rewind(): void {}
+
+  close(): void {
+    for (const req of this.requests) req.destroy();
+    this.agent.destroy();
+  }
+}
+
+/** A generated frame: colour bars with a moving marker and the frame number, for setting up flows. */
+export class TestPatternSource implements FrameSource {
+  readonly type = 'pattern';
+  private count = 0;
+  constructor(private readonly width = 640, private readonly height = 480) {}
+
+  async next(): Promise<RawFrame> {
+    const { width: w, height: h } = this;
+    const n = this.count++;
+    const colours = ['#c0c0c0', '#c0c000', '#00c0c0', '#00c000', '#c000c0', '#c00000', '#0000c0'];
+    const bar = w / colours.length;
+    const bars = colours.map((c, i) => `<rect x="${i * bar}" y="0" width="${bar + 1}" height="${h * 0.7}" fill="${c}"/>`).join('');
+    const markerX = ((n * 37) % Math.max(1, w - 40)) + 20;
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}">
+      <rect width="100%" height="100%" fill="#202020"/>${bars}
+      <circle cx="${markerX}" cy="${h * 0.85}" r="${h * 0.06}" fill="#ffffff"/>
+      <text x="10" y="${h * 0.97}" font-family="sans-serif" font-size="${Math.round(h / 20)}" fill="#ffffff">test pattern #${n}</text>
+    </svg>`;
+    const image = await sharp(Buffer.from(svg)).jpeg({ quality: 85 }).toBuffer();
+    return { image, origin: `test-pattern:${n}` };
+  }
+
+  rewind(): void {
+    this.count = 0;
+  }
+
+  close(): void {}
+}

@@ -1,0 +1,41 @@
+/** Pure helpers of the ml-model config node: resolving paths and labels. */
+import { promises as fs } from 'fs';
+import * as path from 'path';
+
+export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
+export const BUNDLED_MODEL = path.join(PACKAGE_ROOT, 'models', 'waste-classifier.onnx');
+
+/** Empty means the bundled waste classifier; relative paths resolve against the Node-RED user directory. */
+export function resolveModelPath(configured: string | undefined, userDir: string | undefined): string {
+  const value = (configured ?? '').trim();
+  if (!value) return BUNDLED_MODEL;
+  if (path.isAbsolute(value)) return value;
+  return path.resolve(userDir || process.cwd(), value);
+}
+
+/** Labels from a dialog list: one per line, or comma-separated on a single line. */
+export function parseLabelList(text: string): string[] {
+  const trimmed = text.trim();
+  if (!trimmed) return [];
+  const parts = trimmed.includes('\n') ? trimmed.split(/\r?\n/) : trimmed.split(',');
+  return parts.map((l) => l.trim()).filter(Boolean);
+}
+
+/** A labels file is a JSON array, or plain text with one label per line (lines starting with # skipped). */
+export async function readLabelsFile(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read labels file ${file}: ${(err as Error).message}`);
+  }
+  const trimmed = text.trim();
+  if (trimmed.startsWith('[')) {
+    const parsed = JSON.parse(trimmed);
+    if (!Array.isArray(parsed) || !parsed.every((l) => typeof l === 'string')) {
+      throw new Error(`labels file ${file} must be a JSON array of strings`);
+    }
+    return parsed;
+  }
+  return trimmed.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+}

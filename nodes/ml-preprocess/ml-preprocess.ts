@@ -1,0 +1,92 @@
+/** ml-preprocess: image Buffer -> model input tensor (sharp), settings from the model or the dialog. */
+import { imageToTensor } from '../lib/preprocess';
+import { PreprocessSpec, validatePreprocessSpec, validateRoi } from '../lib/preprocess-spec';
+import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage } from '../lib/red-types';
+import type { MlModelNode } from '../ml-model/ml-model';
+
+module.exports = function (RED: NodeAPI) {
+  function MlPreprocess(this: Node, config: NodeDef) {
+    RED.nodes.createNode(this, config);
+    const node = this;
+    const model = config.model ? (RED.nodes.getNode(String(config.model)) as MlModelNode | null) : null;
+    const useModelSettings = Boolean(model) && config.settingsFrom !== 'dialog';
+    let dialogSpec: PreprocessSpec | undefined;
+    let configError: string | undefined;
+    try {
+      const roi = config.roiEnabled
+        ? validateRoi({ x: config.roiX, y: config.roiY, width: config.roiWidth, height: config.roiHeight })
+        : undefined;
+      if (!useModelSettings) {
+        dialogSpec = validatePreprocessSpec({
+          width: config.width, height: config.height, resize: config.resize, channels: config.channels,
+          layout: config.layout, dtype: config.dtype, mean: config.mean, std: config.std, roi,
+        });
+      } else if (roi) {
+        dialogSpec = { roi } as PreprocessSpec; // only the region of interest comes from the dialog
+      }
+    } catch (err) {
+      configError = `invalid pre-processing settings: ${errorMessage(err)}`;
+      node.status({ fill: 'red', shape: 'ring', text: 'invalid settings' });
+      node.error(configError);
+    }
+    if (config.model && !model) {
+      configError = 'the selected ml-model config node is missing';
+      node.status({ fill: 'red', shape: 'ring', text: 'no model' });
+    }
+    if (model) model.register(node);
+
+    async function currentSpec(msg: NodeMessage): Promise<PreprocessSpec> {
+      let spec: PreprocessSpec;
+      if (useModelSettings && model) {
+        const loaded = await model.ready();
+        if (!loaded.preprocess) {
+          throw new Error(`model ${loaded.path} has no "preprocess" metadata; choose "settings from this dialog"`);
+        }
+        spec = dialogSpec?.roi ? { ...loaded.preprocess, roi: dialogSpec.roi } : loaded.preprocess;
+      } else {
+        spec = dialogSpec as PreprocessSpec;
+      }
+      if (msg.roi !== undefined) {
+        try {
+          const roi = validateRoi(msg.roi);
+          spec = { ...spec, roi };
+        } catch (err) {
+          throw new Error(`msg.roi: ${errorMessage(err)}`);
+        }
+      }
+      return spec;
+    }
+
+    node.on('input', async (msg, send, done) => {
+      if (configError) return done(new Error(configError));
+      try {
+        const spec = await currentSpec(msg);
+        const image = msg.payload as Buffer;
+        const result = await imageToTensor(image, spec);
+        msg.image = image; // the original frame travels on for saving or display
+        msg.payload = result.tensor;
+        msg.preprocess = {
+          ms: Math.round(result.ms * 100) / 100,
+          sourceWidth: result.sourceWidth,
+          sourceHeight: result.sourceHeight,
+          width: spec.width,
+          height: spec.height,
+          roi: spec.roi,
+        };
+        node.status({ fill: 'green', shape: 'dot', text: `${spec.width}x${spec.height} · ${Math.round(result.ms)} ms` });
+        send(msg);
+        done();
+      } catch (err) {
+        node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
+        done(err as Error);
+      }
+    });
+
+    node.on('close', (_removed: boolean, done: () => void) => {
+      if (model) model.deregister(node, done);
+      else done();
+    });
+  }
+
+  RED.nodes.registerType('ml-preprocess', MlPreprocess);
+};

@@ -1,0 +1,62 @@
+/** ml-route: one output per rule plus an "uncertain" output, on the prediction from ml-inference. */
+import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
+import { Router, validateRules } from './routing';
+
+function predictionOf(msg: NodeMessage): { label: string; score: number } {
+  const p = msg.payload as { label?: unknown; score?: unknown } | undefined;
+  if (!p || typeof p !== 'object' || typeof p.label !== 'string' || typeof p.score !== 'number') {
+    throw new Error('msg.payload must be a classification {label, score} from ml-inference');
+  }
+  return { label: p.label, score: p.score };
+}
+
+module.exports = function (RED: NodeAPI) {
+  function MlRoute(this: Node, config: NodeDef) {
+    RED.nodes.createNode(this, config);
+    const node = this;
+    let router: Router | undefined;
+    let configError: string | undefined;
+    try {
+      router = new Router({
+        rules: validateRules(config.rules),
+        uncertainName: String(config.uncertainName || 'review'),
+        consecutive: numberSetting(config.consecutive, 1, { min: 1, max: 100 }),
+      });
+    } catch (err) {
+      configError = `invalid routing rules: ${errorMessage(err)}`;
+      node.status({ fill: 'red', shape: 'ring', text: 'invalid rules' });
+      node.error(configError);
+    }
+    const counts = new Map<string, number>();
+
+    node.on('input', (msg, send, done) => {
+      if (!router) return done(new Error(configError));
+      try {
+        if (msg.reset === true) {
+          router.reset();
+          return done();
+        }
+        const { label, score } = predictionOf(msg);
+        const camera = String((msg.frame as { camera?: unknown } | undefined)?.camera ?? 'default');
+        const decision = router.decide(label, score, camera);
+        msg.route = { bin: decision.bin, output: decision.output, reason: decision.reason, threshold: decision.threshold, agreeing: decision.agreeing };
+        if (decision.output === null) {
+          node.status({ fill: 'yellow', shape: 'ring', text: `${label}: ${decision.agreeing} of ${router.options.consecutive} frames agree` });
+          return done(); // held until enough frames agree
+        }
+        (msg.payload as Record<string, unknown>).bin = decision.bin;
+        counts.set(decision.bin, (counts.get(decision.bin) ?? 0) + 1);
+        node.status({ fill: decision.output === router.uncertainOutput ? 'yellow' : 'green', shape: 'dot',
+          text: [...counts].map(([bin, n]) => `${bin} ${n}`).join(' · ').slice(0, 80) });
+        const outputs: (NodeMessage | null)[] = new Array(router.uncertainOutput + 1).fill(null);
+        outputs[decision.output] = msg;
+        send(outputs);
+        done();
+      } catch (err) {
+        done(err as Error);
+      }
+    });
+  }
+
+  RED.nodes.registerType('ml-route', MlRoute);
+};
