@@ -4,8 +4,8 @@
  */
 import { EventEmitter } from 'events';
 import * as path from 'path';
-import { errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
-import { ConnectionState, DEFAULT_BROKER_URL, MqttTransport } from './mqtt-transport';
+import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
+import { ConnectionState, DEFAULT_BROKER_URL, MqttTransport, parseProtocol } from './mqtt-transport';
 
 export interface GreengrassConnectionNode extends Node {
   readonly events: EventEmitter;
@@ -25,16 +25,17 @@ module.exports = function (RED: NodeAPI) {
     events.setMaxListeners(0);
     const users = new Set<string>();
     const resolveFile = (f: unknown) => {
-      const value = String(f ?? '').trim();
+      const value = textSetting(f);
       return value ? path.resolve(RED.settings.userDir || process.cwd(), value) : undefined;
     };
-    const url = String(config.url ?? '').trim() || DEFAULT_BROKER_URL;
+    const url = textSetting(config.url) || DEFAULT_BROKER_URL;
     let transport: MqttTransport | undefined;
     let configError: string | undefined;
     try {
       transport = new MqttTransport({
         url,
-        clientId: String(config.clientId ?? '').trim() || `node-red-${node.id}`,
+        protocol: parseProtocol(textSetting(config.protocol)),
+        clientId: textSetting(config.clientId) || `node-red-${node.id}`,
         username: node.credentials?.username,
         password: node.credentials?.password,
         caFile: resolveFile(config.caFile),

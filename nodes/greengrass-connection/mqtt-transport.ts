@@ -1,6 +1,6 @@
 /** MQTT 5 publishing through aws-iot-device-sdk-v2 (AWS IoT Core, the Greengrass local broker, any broker). */
 import { EventEmitter } from 'events';
-import { io, mqtt5 } from 'aws-iot-device-sdk-v2';
+import { io, mqtt, mqtt5 } from 'aws-iot-device-sdk-v2';
 
 export interface MqttOptions {
   url: string;
@@ -13,6 +13,17 @@ export interface MqttOptions {
   keepAliveSeconds?: number;
   /** How long a QoS 1 publish may wait for its PUBACK. */
   ackTimeoutSeconds?: number;
+  /** MQTT 5 (default) or 3.1.1 for brokers that only speak 3.1.1; both through aws-iot-device-sdk-v2. */
+  protocol?: MqttProtocol;
+}
+
+export type MqttProtocol = 'mqtt5' | 'mqtt311';
+
+export function parseProtocol(value: string): MqttProtocol {
+  const v = value.trim().toLowerCase().replace(/^mqtt/, '').replace(/^v/, '');
+  if (v === '' || v === '5') return 'mqtt5';
+  if (v === '3.1.1' || v === '311' || v === '3') return 'mqtt311';
+  throw new Error(`MQTT protocol "${value}" is not supported: expected 5 or 3.1.1`);
 }
 
 export interface BrokerAddress {
@@ -44,15 +55,26 @@ export function parseBrokerUrl(url: string): BrokerAddress {
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'stopped';
 
+type StateListener = (state: ConnectionState, error?: string) => void;
+
+/** The part of each SDK client the transport needs. */
+interface ClientAdapter {
+  start(): void;
+  publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void>;
+  stop(): Promise<void>;
+}
+
 export class MqttTransport extends EventEmitter {
   readonly address: BrokerAddress;
+  readonly protocol: MqttProtocol;
   state: ConnectionState = 'stopped';
   lastError?: string;
-  private client?: mqtt5.Mqtt5Client;
+  private client?: ClientAdapter;
 
   constructor(private readonly options: MqttOptions) {
     super();
     this.address = parseBrokerUrl(options.url);
+    this.protocol = options.protocol ?? 'mqtt5';
     if (Boolean(options.certFile) !== Boolean(options.keyFile)) {
       throw new Error('client certificate and private key files go together: set both or neither');
     }
@@ -80,40 +102,16 @@ export class MqttTransport extends EventEmitter {
     } catch (err) {
       throw new Error(`cannot set up TLS for ${this.description}: ${(err as Error).message} (check the certificate, key and CA file paths)`);
     }
-    const client = new mqtt5.Mqtt5Client({
-      hostName: this.address.host,
-      port: this.address.port,
-      tlsCtx,
-      connectProperties: {
-        clientId: this.options.clientId,
-        keepAliveIntervalSeconds: this.options.keepAliveSeconds ?? 30,
-        username: this.options.username || undefined,
-        password: this.options.password ? Buffer.from(this.options.password) : undefined,
-      },
-      sessionBehavior: mqtt5.ClientSessionBehavior.RejoinPostSuccess,
-      retryJitterMode: mqtt5.RetryJitterType.Full,
-      minReconnectDelayMs: 500,
-      maxReconnectDelayMs: 30_000,
-      connackTimeoutMs: 10_000,
-      ackTimeoutSeconds: this.options.ackTimeoutSeconds ?? 30,
-      offlineQueueBehavior: mqtt5.ClientOperationQueueBehavior.FailQos0PublishOnDisconnect,
-    });
-    client.on('attemptingConnect', () => this.setState('connecting'));
-    client.on('connectionSuccess', () => {
-      this.lastError = undefined;
-      this.setState('connected');
-    });
-    client.on('connectionFailure', (event: mqtt5.ConnectionFailureEvent) => {
-      this.lastError = describeCrtError(event.error, event.connack?.reasonCode);
-      this.setState('disconnected');
-    });
-    client.on('disconnection', (event: mqtt5.DisconnectionEvent) => {
-      this.lastError = describeCrtError(event.error);
-      this.setState('disconnected');
-    });
-    this.client = client;
+    const onState: StateListener = (state, error) => {
+      if (state === 'connected') this.lastError = undefined;
+      else if (error) this.lastError = error;
+      this.setState(state);
+    };
+    this.client = this.protocol === 'mqtt5'
+      ? new Mqtt5Adapter(this.options, this.address, tlsCtx, onState)
+      : new Mqtt311Adapter(this.options, this.address, tlsCtx, onState);
     this.setState('connecting');
-    client.start();
+    this.client.start();
   }
 
   async publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void> {
@@ -122,15 +120,7 @@ export class MqttTransport extends EventEmitter {
     if (this.state !== 'connected') {
       throw new Error(`not connected to ${this.description}${this.lastError ? `: ${this.lastError}` : ''}`);
     }
-    const result = await client.publish({
-      topicName: topic,
-      qos: qos === 1 ? mqtt5.QoS.AtLeastOnce : mqtt5.QoS.AtMostOnce,
-      payload,
-    });
-    const puback = result as mqtt5.PubackPacket | undefined;
-    if (puback && puback.reasonCode !== undefined && puback.reasonCode >= 128) {
-      throw new Error(`broker ${this.description} refused the publish to ${topic}: reason code ${puback.reasonCode}${puback.reasonString ? ` (${puback.reasonString})` : ''}`);
-    }
+    await client.publish(topic, payload, qos);
   }
 
   /** Stops the client and frees its native resources. */
@@ -138,6 +128,61 @@ export class MqttTransport extends EventEmitter {
     const client = this.client;
     this.client = undefined;
     if (!client) return;
+    await client.stop();
+    this.setState('stopped');
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.state === state && state !== 'disconnected') return;
+    this.state = state;
+    this.emit('state', state, this.lastError);
+  }
+}
+
+class Mqtt5Adapter implements ClientAdapter {
+  private readonly client: mqtt5.Mqtt5Client;
+
+  constructor(options: MqttOptions, address: BrokerAddress, tlsCtx: io.ClientTlsContext | undefined, onState: StateListener) {
+    const connectProperties: mqtt5.ConnectPacket = {
+      clientId: options.clientId,
+      keepAliveIntervalSeconds: options.keepAliveSeconds ?? 30,
+    };
+    // The native client rejects keys that are present but undefined, so add credentials only when set.
+    if (options.username) connectProperties.username = options.username;
+    if (options.password) connectProperties.password = Buffer.from(options.password);
+    this.client = new mqtt5.Mqtt5Client({
+      hostName: address.host,
+      port: address.port,
+      ...(tlsCtx ? { tlsCtx } : {}),
+      connectProperties,
+      sessionBehavior: mqtt5.ClientSessionBehavior.RejoinPostSuccess,
+      retryJitterMode: mqtt5.RetryJitterType.Full,
+      minReconnectDelayMs: 500,
+      maxReconnectDelayMs: 30_000,
+      connackTimeoutMs: 10_000,
+      ackTimeoutSeconds: options.ackTimeoutSeconds ?? 30,
+      offlineQueueBehavior: mqtt5.ClientOperationQueueBehavior.FailQos0PublishOnDisconnect,
+    });
+    this.client.on('attemptingConnect', () => onState('connecting'));
+    this.client.on('connectionSuccess', () => onState('connected'));
+    this.client.on('connectionFailure', (event: mqtt5.ConnectionFailureEvent) => onState('disconnected', describeCrtError(event.error, event.connack?.reasonCode)));
+    this.client.on('disconnection', (event: mqtt5.DisconnectionEvent) => onState('disconnected', describeCrtError(event.error)));
+  }
+
+  start(): void {
+    this.client.start();
+  }
+
+  async publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void> {
+    const result = await this.client.publish({ topicName: topic, qos: qos === 1 ? mqtt5.QoS.AtLeastOnce : mqtt5.QoS.AtMostOnce, payload });
+    const puback = result as mqtt5.PubackPacket | undefined;
+    if (puback && puback.reasonCode !== undefined && puback.reasonCode >= 128) {
+      throw new Error(`the broker refused the publish to ${topic}: reason code ${puback.reasonCode}${puback.reasonString ? ` (${puback.reasonString})` : ''}`);
+    }
+  }
+
+  async stop(): Promise<void> {
+    const client = this.client;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 3000);
       client.once('stopped', () => {
@@ -152,13 +197,62 @@ export class MqttTransport extends EventEmitter {
       }
     });
     client.close();
-    this.setState('stopped');
+  }
+}
+
+/** MQTT 3.1.1: the SDK reconnects an established connection itself; the first connect is retried here. */
+class Mqtt311Adapter implements ClientAdapter {
+  private readonly connection: mqtt.MqttClientConnection;
+  private retryTimer?: NodeJS.Timeout;
+  private retryDelayMs = 500;
+  private stopped = false;
+
+  constructor(options: MqttOptions, address: BrokerAddress, tlsCtx: io.ClientTlsContext | undefined, private readonly onState: StateListener) {
+    const config: mqtt.MqttConnectionConfig = {
+      client_id: options.clientId,
+      host_name: address.host,
+      port: address.port,
+      clean_session: false,
+      keep_alive: options.keepAliveSeconds ?? 30,
+      protocol_operation_timeout: (options.ackTimeoutSeconds ?? 30) * 1000,
+      reconnect_min_sec: 1,
+      reconnect_max_sec: 30,
+      socket_options: new io.SocketOptions(io.SocketType.STREAM, io.SocketDomain.IPV4, 10_000),
+    };
+    if (tlsCtx) config.tls_ctx = tlsCtx;
+    if (options.username) config.username = options.username;
+    if (options.password) config.password = options.password;
+    this.connection = new mqtt.MqttClient().new_connection(config);
+    this.connection.on('connection_success', () => {
+      this.retryDelayMs = 500;
+      onState('connected');
+    });
+    this.connection.on('resume', () => onState('connected'));
+    this.connection.on('interrupt', (error: unknown) => onState('disconnected', describeCrtError(error)));
+    this.connection.on('connection_failure', (event: { error?: unknown }) => onState('disconnected', describeCrtError(event?.error)));
+    this.connection.on('error', (error: unknown) => onState('disconnected', describeCrtError(error)));
   }
 
-  private setState(state: ConnectionState): void {
-    if (this.state === state && state !== 'disconnected') return;
-    this.state = state;
-    this.emit('state', state, this.lastError);
+  start(): void {
+    if (this.stopped) return;
+    this.onState('connecting');
+    this.connection.connect().catch((err: unknown) => {
+      this.onState('disconnected', describeCrtError(err));
+      if (this.stopped) return;
+      this.retryTimer = setTimeout(() => this.start(), this.retryDelayMs);
+      this.retryDelayMs = Math.min(this.retryDelayMs * 2, 30_000);
+    });
+  }
+
+  async publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void> {
+    await this.connection.publish(topic, payload, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce, false);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    // disconnect() also releases the native connection once it completes.
+    await Promise.race([this.connection.disconnect().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
   }
 }
 
@@ -167,6 +261,7 @@ function describeCrtError(error: unknown, reasonCode?: number): string | undefin
   const e = error as { error_name?: string; message?: string };
   let text = e.message || String(error);
   if (/ECONNREFUSED|CONNECTION_REFUSED/i.test(text + (e.error_name ?? ''))) text += ' (nothing listens at that host and port)';
+  if (/DECODE_PROTOCOL_ERROR|UNSUPPORTED_PROTOCOL/i.test(text + (e.error_name ?? ''))) text += ' (the broker may only speak MQTT 3.1.1: set the protocol to 3.1.1)';
   if (reasonCode === 134 || reasonCode === 135) text += ' (the broker refused the user name, password or certificate)';
   return text;
 }

@@ -52,8 +52,19 @@ export interface NodeAPI {
   log: { info(m: string): void; warn(m: string): void; error(m: string): void };
 }
 
-/** Numbers from the editor arrive as strings, or as "" after ${ENV} substitution of an unset variable. */
+/**
+ * A text property. Node-RED replaces a property that is exactly ${VAR} with the variable's value but
+ * leaves it as written when VAR is unset; that case means "not set" here, so node defaults apply.
+ */
+export function textSetting(value: unknown): string {
+  if (value === undefined || value === null) return '';
+  const text = String(value).trim();
+  return /^\$\{[^}]+\}$/.test(text) ? '' : text;
+}
+
+/** Numbers from the editor arrive as strings, or unset ${ENV} references (see textSetting). */
 export function numberSetting(value: unknown, fallback: number, { min = -Infinity, max = Infinity } = {}): number {
+  value = typeof value === 'string' ? textSetting(value) : value;
   if (value === undefined || value === null || value === '') return fallback;
   const n = Number(value);
   if (!Number.isFinite(n) || n < min || n > max) {

@@ -1,7 +1,7 @@
 /** ml-camera: emits JPEG frames with their metadata on an interval or when a message arrives. */
 import sharp from 'sharp';
 import { RateMeter } from '../lib/frame-queue';
-import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
+import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, textSetting } from '../lib/red-types';
 import {
   detectSourceType, FileSource, FolderSource, FrameSource, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
 } from './sources';
@@ -20,8 +20,8 @@ module.exports = function (RED: NodeAPI) {
   function MlCamera(this: Node, config: NodeDef) {
     RED.nodes.createNode(this, config);
     const node = this;
-    const cameraId = String(config.cameraId ?? '').trim() || 'cam1';
-    const sourceSetting = String(config.source ?? '').trim();
+    const cameraId = textSetting(config.cameraId) || 'cam1';
+    const sourceSetting = textSetting(config.source);
     const configuredType = String(config.sourceType || 'auto');
     let intervalMs = 1000;
     let timeoutMs = 5000;

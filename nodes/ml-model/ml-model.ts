@@ -6,7 +6,7 @@
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import { ModelInfo, ModelRunner, RunResult } from '../lib/model-runner';
-import { errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
+import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 import { TensorValue } from '../lib/tensor';
 import type { SessionOptions } from '../lib/worker-protocol';
 import { parseLabelList, readLabelsFile, resolveModelPath } from './model-config';
@@ -53,7 +53,7 @@ module.exports = function (RED: NodeAPI) {
     let watching = false;
 
     Object.assign(node, { events, state: 'idle' as ModelState });
-    node.modelPath = resolveModelPath(config.path as string | undefined, RED.settings.userDir);
+    node.modelPath = resolveModelPath(textSetting(config.path), RED.settings.userDir);
 
     let sessionOptions: SessionOptions;
     try {
@@ -75,7 +75,11 @@ module.exports = function (RED: NodeAPI) {
 
     async function resolveLabels(info: ModelInfo): Promise<string[] | undefined> {
       let labels: string[] | undefined;
-      if (labelSource === 'file') labels = await readLabelsFile(resolveModelPath(String(config.labelsFile || ''), RED.settings.userDir));
+      if (labelSource === 'file') {
+        const file = textSetting(config.labelsFile);
+        if (!file) throw new Error('labels come from a file but no labels file is set');
+        labels = await readLabelsFile(resolveModelPath(file, RED.settings.userDir));
+      }
       else if (labelSource === 'list') labels = parseLabelList(String(config.labels || ''));
       else labels = info.labels;
       if (labels && labels.length === 0) labels = undefined;

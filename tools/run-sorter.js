@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// `npm start`: runs Node-RED 4 from this project's dependencies with this collection and the
+// recycling-sort flow. With MQTT_URL unset it also runs an MQTT broker on 127.0.0.1:1883 and
+// prints each result the flow publishes, so the whole pipeline is visible with no camera and no AWS.
+const { spawn } = require('child_process');
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+
+const root = path.resolve(__dirname, '..');
+const settings = require('./sorter-settings');
+const userDir = settings.userDir;
+
+function prepareUserDir() {
+  // Node-RED finds the collection in the user directory's node_modules, as after a palette install.
+  const modules = path.join(userDir, 'node_modules');
+  fs.mkdirSync(modules, { recursive: true });
+  const link = path.join(modules, 'node-red-contrib-greengrass-ml');
+  try {
+    if (fs.realpathSync(link) !== root) fs.rmSync(link, { recursive: true, force: true });
+  } catch {
+    /* no link yet */
+  }
+  if (!fs.existsSync(link)) fs.symlinkSync(root, link, 'dir');
+  const flows = path.join(userDir, settings.flowFile);
+  if (!fs.existsSync(flows)) {
+    fs.copyFileSync(path.join(root, 'flows', 'recycling-sorter.json'), flows);
+    console.log(`[sorter] flow copied to ${flows} (delete it to start again from flows/recycling-sorter.json)`);
+  }
+}
+
+async function startBroker(port) {
+  const { Aedes } = await import('aedes');
+  const broker = await Aedes.createBroker();
+  const server = net.createServer(broker.handle);
+  await new Promise((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`cannot start the MQTT broker on 127.0.0.1:${port}: ${err.message} (set MQTT_URL to use another broker)`)));
+    server.listen(port, '127.0.0.1', resolve);
+  });
+  broker.on('publish', (packet, client) => {
+    if (!client || !packet.topic.startsWith('recycling/') || !packet.topic.endsWith('/result')) return;
+    try {
+      const r = JSON.parse(packet.payload.toString());
+      const score = typeof r.score === 'number' ? r.score.toFixed(2) : '?';
+      console.log(`[sorter] ${packet.topic}  #${r.seq} ${r.label} ${score} -> ${r.bin}  (${r.origin})`);
+    } catch {
+      /* not ours */
+    }
+  });
+  console.log(`[sorter] MQTT broker on mqtt://127.0.0.1:${port} (subscribe to recycling/# to watch results)`);
+  return { close: () => new Promise((resolve) => server.close(() => broker.close(resolve))) };
+}
+
+async function main() {
+  prepareUserDir();
+  const env = { ...process.env };
+  let broker;
+  if (!env.MQTT_URL) {
+    const port = Number(env.SORTER_BROKER_PORT) || 1883;
+    broker = await startBroker(port);
+    env.MQTT_URL = `mqtt://127.0.0.1:${port}`;
+    env.MQTT_PROTOCOL = env.MQTT_PROTOCOL || '3.1.1'; // the embedded broker (aedes) speaks MQTT 3.1.1
+  }
+  if (!env.SORTER_REVIEW_DIR) env.SORTER_REVIEW_DIR = path.join(userDir, 'review');
+  console.log(`[sorter] source: ${env.SORTER_SOURCE || 'test pattern'}; editor: http://localhost:${settings.uiPort}`);
+  const red = spawn(process.execPath, [require.resolve('node-red/red.js'), '--settings', path.join(__dirname, 'sorter-settings.js')], {
+    env,
+    stdio: 'inherit',
+  });
+  let stopping = false;
+  const stop = (signal) => {
+    if (stopping) return;
+    stopping = true;
+    red.kill(signal);
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  red.on('exit', async (code) => {
+    if (broker) await broker.close();
+    process.exit(code ?? 0);
+  });
+}
+
+main().catch((err) => {
+  console.error(`[sorter] ${err.message}`);
+  process.exit(1);
+});
