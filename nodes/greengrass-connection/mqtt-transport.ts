@@ -218,6 +218,8 @@ class Mqtt311Adapter implements ClientAdapter {
       reconnect_min_sec: 1,
       reconnect_max_sec: 30,
       socket_options: new io.SocketOptions(io.SocketType.STREAM, io.SocketDomain.IPV4, 10_000),
+      // Otherwise the SDK appends "?SDK=..." to the user name, which any broker but IoT Core rejects.
+      disable_metrics: true,
     };
     if (tlsCtx) config.tls_ctx = tlsCtx;
     if (options.username) config.username = options.username;

@@ -1,18 +1,7 @@
 /** greengrass-publish: sends msg.payload as JSON (or raw bytes) through a greengrass-connection. */
 import { errorMessage, Node, NodeAPI, NodeDef } from '../lib/red-types';
 import type { GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
-import { renderTopic } from './topic-template';
-
-export function encodePayload(payload: unknown): Buffer | string {
-  if (Buffer.isBuffer(payload)) return payload;
-  if (typeof payload === 'string') return payload;
-  if (payload === undefined) throw new Error('msg.payload is missing; nothing to publish');
-  return JSON.stringify(payload, (_key, value) => {
-    // Typed arrays (tensors) would serialise as index-keyed objects; send them as arrays.
-    if (ArrayBuffer.isView(value) && !(value instanceof DataView)) return Array.from(value as unknown as ArrayLike<number>);
-    return value;
-  });
-}
+import { encodePayload, renderTopic } from './publish-format';
 
 module.exports = function (RED: NodeAPI) {
   function GreengrassPublish(this: Node, config: NodeDef) {

@@ -38,8 +38,8 @@ def parse_args():
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--split-dir", default=os.path.join(here, "split"), help="where train.txt/val.txt live")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--width", type=int, default=160)
-    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--width", type=int, default=120)
+    p.add_argument("--height", type=int, default=160)
     p.add_argument("--epochs", type=int, default=160)
     p.add_argument("--budget-min", type=float, default=0,
                    help="if >0, cut the epoch count after epoch 1 so training fits this many minutes")

@@ -1,4 +1,4 @@
-/** Topic templates such as recycling/{{frame.camera}}/result, filled from message fields. */
+/** What greengrass-publish sends: topics from templates such as recycling/{{frame.camera}}/result, and payload bytes. */
 
 const PLACEHOLDER = /\{\{\s*([^}]+?)\s*\}\}/g;
 
@@ -32,4 +32,15 @@ export function validateTopic(topic: string): void {
   if (!topic) throw new Error('no topic: set one on the node or in msg.topic');
   if (/[+#]/.test(topic)) throw new Error(`topic "${topic}" contains a wildcard (+ or #), which cannot be published to`);
   if (Buffer.byteLength(topic) > 65535) throw new Error('topic is longer than MQTT allows');
+}
+
+export function encodePayload(payload: unknown): Buffer | string {
+  if (Buffer.isBuffer(payload)) return payload;
+  if (typeof payload === 'string') return payload;
+  if (payload === undefined) throw new Error('msg.payload is missing; nothing to publish');
+  return JSON.stringify(payload, (_key, value) => {
+    // Typed arrays (tensors) would serialise as index-keyed objects; send them as arrays.
+    if (ArrayBuffer.isView(value) && !(value instanceof DataView)) return Array.from(value as unknown as ArrayLike<number>);
+    return value;
+  });
 }

@@ -1,0 +1,178 @@
+// Shared test fixtures: paths, the Node-RED test helper, real MQTT brokers and dataset samples.
+const { spawn, execFileSync } = require('child_process');
+const fs = require('fs');
+const net = require('net');
+const os = require('os');
+const path = require('path');
+
+const ROOT = path.resolve(__dirname, '..');
+const DATASET = path.resolve(ROOT, '..', 'shared', 'datasets', 'trashnet');
+const MODEL = path.join(ROOT, 'models', 'waste-classifier.onnx');
+const SPLIT_DIR = path.join(ROOT, 'tools', 'train', 'split');
+
+const node = (name) => require(path.join(ROOT, 'nodes', name, `${name}.js`));
+const coreNode = (file) => require(path.join(ROOT, 'node_modules', '@node-red', 'nodes', 'core', file));
+
+let helperInitialised = false;
+function redHelper() {
+  const helper = require('node-red-node-test-helper');
+  if (!helperInitialised) {
+    helper.init(require.resolve('node-red'), { userDir: fs.mkdtempSync(path.join(os.tmpdir(), 'gg-ml-user-')) });
+    helperInitialised = true;
+  }
+  return helper;
+}
+
+/**
+ * Loads a test flow. Node-RED treats nodes without x/y as config nodes, so flow nodes get a
+ * position here, and helper nodes get empty wires.
+ */
+function loadFlow(helper, nodes, flow, credentials = {}) {
+  const configTypes = new Set(['tab', 'ml-model', 'greengrass-connection']);
+  const placed = flow.map((n) => (configTypes.has(n.type) ? n : { x: 100, y: 100, wires: [], ...n }));
+  return new Promise((resolve) => helper.load(nodes, placed, credentials, resolve));
+}
+
+function tmpDir(prefix = 'gg-ml-') {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** Validation photos (never trained on): [{file, label}] spread evenly across the classes. */
+function validationPhotos(perClass = Infinity) {
+  const lines = fs.readFileSync(path.join(SPLIT_DIR, 'val.txt'), 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+  const byClass = new Map();
+  for (const rel of lines) {
+    const label = rel.split('/')[0];
+    if (!byClass.has(label)) byClass.set(label, []);
+    if (byClass.get(label).length < perClass) byClass.get(label).push({ file: path.join(DATASET, rel), label });
+  }
+  return [...byClass.values()].flat();
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** In-process MQTT 3.1.1 broker (aedes) on loopback. */
+async function startAedes(port, options = {}) {
+  const { Aedes } = await import('aedes');
+  const broker = await Aedes.createBroker(options);
+  const server = net.createServer(broker.handle);
+  port = port ?? (await freePort());
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', resolve);
+  });
+  const sockets = new Set();
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  return {
+    port,
+    url: `mqtt://127.0.0.1:${port}`,
+    broker,
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => broker.close(() => resolve()));
+    }),
+  };
+}
+
+function mosquittoPath() {
+  for (const p of ['/usr/sbin/mosquitto', '/usr/bin/mosquitto']) if (fs.existsSync(p)) return p;
+  return null;
+}
+
+/** A real mosquitto (MQTT 5) on loopback; `extraConfig` lines are appended (TLS listeners etc.). */
+async function startMosquitto({ port, extraConfig = '' } = {}) {
+  const binary = mosquittoPath();
+  if (!binary) throw new Error('mosquitto is not installed: apt-get install mosquitto (.ci/run does this)');
+  port = port ?? (await freePort());
+  const dir = tmpDir('gg-ml-mosq-');
+  const conf = path.join(dir, 'mosquitto.conf');
+  fs.writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n${extraConfig}\n`);
+  const child = spawn(binary, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const open = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (open) break;
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`mosquitto did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    url: `mqtt://127.0.0.1:${port}`,
+    close: () => new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+/** Subscribes with the `mqtt` package (an independent client) and collects messages. */
+async function collect(url, topics, protocolVersion = 5) {
+  const mqtt = require('mqtt');
+  const client = await mqtt.connectAsync(url, { protocolVersion, clientId: `test-sub-${process.pid}-${Date.now()}` });
+  const messages = [];
+  client.on('message', (topic, payload) => messages.push({ topic, payload: payload.toString() }));
+  await client.subscribeAsync(topics, { qos: 1 });
+  return {
+    messages,
+    async waitFor(count, timeoutMs = 20_000, filter = () => true) {
+      const deadline = Date.now() + timeoutMs;
+      while (messages.filter(filter).length < count) {
+        if (Date.now() > deadline) throw new Error(`timed out with ${messages.filter(filter).length} of ${count} messages`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      return messages.filter(filter);
+    },
+    close: () => client.endAsync(),
+  };
+}
+
+/** Resolves with the next message a helper node receives. */
+function nextMessage(helperNode, timeoutMs = 10_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no message arrived')), timeoutMs);
+    helperNode.once('input', (msg) => {
+      clearTimeout(timer);
+      resolve(msg);
+    });
+  });
+}
+
+/** Resolves with the next error a node reports through done(err) / node.error (what Catch sees). */
+function nextError(redNode, timeoutMs = 10_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no error was reported')), timeoutMs);
+    const original = redNode.error;
+    redNode.error = function (err, msg) {
+      clearTimeout(timer);
+      redNode.error = original;
+      resolve({ err, msg });
+      return original.call(this, err, msg);
+    };
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+module.exports = {
+  ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
+  startAedes, startMosquitto, mosquittoPath, collect, nextMessage, nextError, sleep, execFileSync,
+};

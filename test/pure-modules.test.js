@@ -1,0 +1,137 @@
+// The pure modules: classification maths, routing rules, the frame queue, topics, ONNX metadata.
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('fs');
+const { softmax, isProbabilityVector, topK, classify } = require('../nodes/lib/classification');
+const { classifyBatch, checkInputFits } = require('../nodes/lib/model-io');
+const { FrameQueue } = require('../nodes/lib/frame-queue');
+const { Router, validateRules } = require('../nodes/ml-route/routing');
+const { renderTopic, encodePayload } = require('../nodes/greengrass-publish/publish-format');
+const { readOnnxMetadataProps, describeModel } = require('../nodes/lib/onnx-metadata');
+const { toTensorValue } = require('../nodes/lib/tensor');
+const { parseBrokerUrl, parseProtocol } = require('../nodes/greengrass-connection/mqtt-transport');
+const { MODEL } = require('./helpers');
+
+test('softmax is stable for large logits and sums to one', () => {
+  const p = softmax([1000, 1001, 1002]);
+  assert.ok(Math.abs(p.reduce((a, b) => a + b, 0) - 1) < 1e-12);
+  assert.ok(Math.abs(p[2] - 0.6652409557748219) < 1e-12);
+  assert.ok(p[2] > p[1] && p[1] > p[0]);
+});
+
+test('probabilities are recognised and not softmaxed twice', () => {
+  assert.equal(isProbabilityVector([0.2, 0.3, 0.5]), true);
+  assert.equal(isProbabilityVector([2, -1, 0.5]), false);
+  const r = classify([0.1, 0.7, 0.2], ['a', 'b', 'c'], 2);
+  assert.equal(r.label, 'b');
+  assert.equal(r.score, Float64Array.from([0.7])[0]);
+  assert.deepEqual(r.topK.map((p) => p.index), [1, 2]);
+});
+
+test('logits get softmax and top-k is sorted with indices', () => {
+  const r = classify([2, 0, 1], ['x', 'y', 'z'], 3);
+  assert.equal(r.label, 'x');
+  assert.deepEqual(r.topK.map((p) => p.label), ['x', 'z', 'y']);
+  assert.ok(Math.abs(r.topK.reduce((a, p) => a + p.score, 0) - 1) < 1e-9);
+  assert.deepEqual(topK([0.1, 0.5], undefined, 5).map((p) => p.label), ['1', '0']);
+});
+
+test('labels that do not match the outputs are an error naming both counts', () => {
+  assert.throws(() => classify([1, 2, 3], ['a', 'b'], 1), /outputs 3 classes but 2 labels/);
+});
+
+test('classifyBatch gives one result per batch row', () => {
+  const rows = classifyBatch({ type: 'float32', dims: [2, 3], data: Float32Array.from([5, 0, 0, 0, 0, 5]) }, ['a', 'b', 'c'], 1);
+  assert.deepEqual(rows.map((r) => r.label), ['a', 'c']);
+});
+
+test('checkInputFits explains shape and type mismatches', () => {
+  const input = { name: 'input', type: 'float32', shape: ['batch', 3, 120, 160] };
+  checkInputFits({ type: 'float32', dims: [4, 3, 120, 160], data: new Float32Array(0) }, input);
+  assert.throws(() => checkInputFits({ type: 'float32', dims: [1, 3, 100, 100] }, input), /does not fit the model input "input" float32 \[batch, 3, 120, 160\]: dimension 2 must be 120/);
+  assert.throws(() => checkInputFits({ type: 'uint8', dims: [1, 3, 120, 160] }, input), /wrong element type/);
+  assert.throws(() => checkInputFits({ type: 'float32', dims: [3, 120, 160] }, input), /wrong number of dimensions/);
+});
+
+test('toTensorValue accepts JSON round-trips and rejects images', () => {
+  const t = toTensorValue({ type: 'float32', dims: [1, 2], data: [0.5, 1.5] });
+  assert.ok(t.data instanceof Float32Array);
+  assert.throws(() => toTensorValue(Buffer.from('jpeg')), /Buffer \(an image\? pass it through ml-preprocess first\)/);
+  assert.throws(() => toTensorValue({ type: 'float32', dims: [1, 3], data: [1, 2] }), /needs 3 values but its data has 2/);
+  assert.throws(() => toTensorValue({ type: 'complex', dims: [1], data: [1] }), /tensor type must be one of/);
+});
+
+test('FrameQueue keeps the newest by default and drops the oldest', () => {
+  const q = new FrameQueue('latest', 1);
+  assert.equal(q.offer(1), undefined);
+  assert.equal(q.offer(2), 1);
+  assert.equal(q.offer(3), 2);
+  assert.equal(q.take(), 3);
+  const keepOld = new FrameQueue('oldest', 2);
+  keepOld.offer(1);
+  keepOld.offer(2);
+  assert.equal(keepOld.offer(3), 3);
+  assert.deepEqual(keepOld.drain(), [1, 2]);
+});
+
+test('Router applies per-rule thresholds and sends the rest to uncertain', () => {
+  const rules = validateRules([
+    { name: 'containers', labels: 'glass,metal,plastic', threshold: 0.6 },
+    { name: 'fibre', labels: ['paper', 'cardboard'], threshold: 0.8 },
+  ]);
+  const r = new Router({ rules, uncertainName: 'review', consecutive: 1 });
+  assert.deepEqual([r.decide('metal', 0.61).output, r.decide('metal', 0.61).bin], [0, 'containers']);
+  assert.equal(r.decide('paper', 0.7).output, 2);
+  assert.equal(r.decide('paper', 0.7).reason, 'below-threshold');
+  assert.equal(r.decide('paper', 0.9).output, 1);
+  assert.equal(r.decide('trash', 0.99).reason, 'no-rule');
+  assert.throws(() => validateRules([{ labels: 'a', threshold: 2 }]), /threshold must be between 0 and 1/);
+  assert.throws(() => validateRules([]), /at least one routing rule/);
+});
+
+test('Router with agreement waits for N consecutive frames per camera', () => {
+  const r = new Router({ rules: validateRules([{ name: 'c', labels: 'glass,metal', threshold: 0.5 }]), uncertainName: 'review', consecutive: 3 });
+  assert.equal(r.decide('glass', 0.9, 'cam1').output, null);
+  assert.equal(r.decide('glass', 0.9, 'cam2').output, null); // other camera keeps its own history
+  assert.equal(r.decide('glass', 0.9, 'cam1').output, null);
+  assert.equal(r.decide('glass', 0.9, 'cam1').output, 0);
+  assert.equal(r.decide('metal', 0.9, 'cam1').agreeing, 1); // a new class restarts the count
+  assert.equal(r.decide('metal', 0.2, 'cam1').output, 1); // uncertain goes out at once and breaks the run
+  assert.equal(r.decide('metal', 0.9, 'cam1').agreeing, 1);
+});
+
+test('topic templates fill message fields and cannot add levels or wildcards', () => {
+  assert.equal(renderTopic('recycling/{{frame.camera}}/result', { frame: { camera: 'cam1' } }), 'recycling/cam1/result');
+  assert.equal(renderTopic('r/{{msg.frame.camera}}', { frame: { camera: 'a/b+#' } }), 'r/a_b__');
+  assert.throws(() => renderTopic('r/{{frame.camera}}', {}), /needs msg.frame.camera, which is missing/);
+  assert.throws(() => renderTopic('r/+/x', {}), /wildcard/);
+  assert.throws(() => renderTopic('', {}), /no topic/);
+});
+
+test('payload encoding: JSON, typed arrays as arrays, buffers as bytes', () => {
+  assert.equal(encodePayload({ a: Float32Array.from([1, 2]) }), '{"a":[1,2]}');
+  assert.ok(Buffer.isBuffer(encodePayload(Buffer.from('x'))));
+  assert.throws(() => encodePayload(undefined), /msg.payload is missing/);
+});
+
+test('broker URLs and protocol versions are checked', () => {
+  assert.deepEqual(parseBrokerUrl('mqtts://example.com'), { host: 'example.com', port: 8883, tls: true });
+  assert.deepEqual(parseBrokerUrl(''), { host: '127.0.0.1', port: 1883, tls: false });
+  assert.throws(() => parseBrokerUrl('http://x'), /scheme "http" is not supported/);
+  assert.throws(() => parseBrokerUrl('mqtt://u:p@x'), /credentials/);
+  assert.equal(parseProtocol('3.1.1'), 'mqtt311');
+  assert.equal(parseProtocol(''), 'mqtt5');
+  assert.throws(() => parseProtocol('4'), /expected 5 or 3.1.1/);
+});
+
+test('ONNX metadata is read from the shipped model and garbage is rejected', () => {
+  const props = readOnnxMetadataProps(fs.readFileSync(MODEL));
+  const d = describeModel(props);
+  assert.deepEqual(d.labels, ['cardboard', 'glass', 'metal', 'paper', 'plastic', 'trash']);
+  assert.equal(d.preprocess.layout, 'NCHW');
+  assert.throws(() => readOnnxMetadataProps(Buffer.from('this is not a model at all')), /not a valid ONNX model/);
+  assert.throws(() => readOnnxMetadataProps(Buffer.alloc(0)), /empty/);
+  const bad = describeModel({ labels: '{"a":1}', preprocess: '{"width":-1}' });
+  assert.equal(bad.labels, undefined);
+  assert.equal(bad.warnings.length, 2);
+});
