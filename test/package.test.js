@@ -1,0 +1,80 @@
+// The packed tarball installs into a fresh Node-RED user directory the way the palette manager does
+// (npm install <tarball> in it) with no download at install time, and Node-RED loads it.
+// onnxruntime-node's own install script fetches CUDA libraries on linux-x64 unless told not to; the
+// user directory's .npmrc says so, as the README tells users of offline x64 devices to do.
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const { execFileSync, spawn } = require('child_process');
+const fs = require('fs');
+const path = require('path');
+const { ROOT, tmpDir, freePort, sleep } = require('./helpers');
+
+const TYPES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-route', 'greengrass-connection', 'greengrass-publish'];
+const npm = (args, cwd) => execFileSync('npm', args, { cwd, encoding: 'utf8', env: { ...process.env, npm_config_update_notifier: 'false' } });
+
+test('npm pack installs offline into a Node-RED user directory; every node type and the example flow load', async () => {
+  const work = tmpDir('gg-ml-pack-');
+  const packed = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT));
+  const tarball = path.join(work, packed[0].filename);
+  const files = packed[0].files.map((f) => f.path);
+  for (const t of TYPES) {
+    assert.ok(files.includes(`nodes/${t}/${t}.js`), `${t}.js is packed`);
+    assert.ok(files.includes(`nodes/${t}/${t}.html`), `${t}.html is packed`);
+  }
+  assert.ok(files.includes('models/waste-classifier.onnx'));
+  assert.ok(files.includes('examples/recycling-sorter.json'));
+  assert.ok(!files.some((f) => f.endsWith('.ts')), 'no TypeScript sources in the package');
+
+  const userDir = path.join(work, 'user');
+  fs.mkdirSync(userDir);
+  fs.writeFileSync(path.join(userDir, 'package.json'), JSON.stringify({ name: 'node-red-project', private: true }));
+  fs.writeFileSync(path.join(userDir, '.npmrc'), 'onnxruntime-node-install=skip\n');
+  // The palette manager's own flags; --prefer-offline takes packages from the cache where it can.
+  npm(['install', '--prefer-offline', '--no-audit', '--no-update-notifier', '--no-fund', '--save', '--save-prefix=~', '--omit=dev', '--engine-strict', tarball], userDir);
+  const ortBinaries = fs.readdirSync(path.join(userDir, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', process.platform, process.arch));
+  assert.ok(ortBinaries.includes('onnxruntime_binding.node'), 'the CPU build ships inside onnxruntime-node');
+  assert.ok(!ortBinaries.some((f) => /cuda|tensorrt/.test(f)), 'nothing was downloaded at install time');
+
+  const port = await freePort();
+  let log = '';
+  const red = spawn(process.execPath, [require.resolve('node-red/red.js'), '--userDir', userDir, '--port', String(port)], {
+    env: { ...process.env, MQTT_URL: `mqtt://127.0.0.1:${await freePort()}`, SORTER_REVIEW_DIR: path.join(work, 'review') },
+  });
+  red.stdout.on('data', (d) => { log += d; });
+  red.stderr.on('data', (d) => { log += d; });
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    const deadline = Date.now() + 60_000;
+    while (!/Started flows/.test(log)) {
+      if (Date.now() > deadline || red.exitCode !== null) throw new Error(`Node-RED did not start:\n${log}`);
+      await sleep(100);
+    }
+    const nodeSets = await (await fetch(`${base}/nodes`, { headers: { Accept: 'application/json' } })).json();
+    const ours = nodeSets.filter((s) => s.module === 'node-red-contrib-greengrass-ml');
+    const types = ours.flatMap((s) => s.types);
+    for (const t of TYPES) assert.ok(types.includes(t), `Node-RED lists ${t}`);
+    for (const s of ours) assert.equal(s.err, undefined, `${s.name} loaded without error`);
+    const html = await (await fetch(`${base}/nodes`, { headers: { Accept: 'text/html' } })).text();
+    for (const t of TYPES) assert.match(html, new RegExp(`RED\\.nodes\\.registerType\\('${t}'`));
+    const icon = await fetch(`${base}/icons/node-red-contrib-greengrass-ml/ml-camera.svg`);
+    assert.equal(icon.status, 200);
+
+    const example = await fetch(`${base}/library/examples/flows/node-red-contrib-greengrass-ml/recycling-sorter`);
+    assert.equal(example.status, 200, 'the sorter flow is under Import > Examples');
+    const flow = await example.json();
+    const deploy = await fetch(`${base}/flows`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'Node-RED-Deployment-Type': 'full' },
+      body: JSON.stringify(flow),
+    });
+    assert.ok(deploy.ok, `deploy answered ${deploy.status}`);
+    const marker = log.length;
+    const until = Date.now() + 30_000;
+    while (!/Started flows/.test(log.slice(marker)) && Date.now() < until) await sleep(100);
+    assert.match(log.slice(marker), /Started flows/);
+    assert.doesNotMatch(log, /Waiting for missing types|Error loading|failed to register/i);
+  } finally {
+    red.kill('SIGINT');
+    await new Promise((resolve) => (red.exitCode !== null ? resolve() : red.once('exit', resolve)));
+  }
+});
