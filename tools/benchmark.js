@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+// Benchmark of the shipped waste classifier on this machine: size on disk, single-image inference
+// latency with onnxruntime-node (the model card's figures), sharp pre-processing time, and the
+// ml-model worker pipeline's throughput and memory. Usage: npm run benchmark [-- --runs 500]
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const ort = require('onnxruntime-node');
+
+const root = path.resolve(__dirname, '..');
+const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
+const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
+const { ModelRunner } = require(path.join(root, 'nodes/lib/model-runner'));
+
+const args = process.argv.slice(2);
+const option = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const modelPath = option('model', path.join(root, 'models', 'waste-classifier.onnx'));
+const runs = Number(option('runs', 300));
+const dataset = option('data', path.resolve(root, '..', 'shared', 'datasets', 'trashnet'));
+
+const percentile = (values, p) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+};
+const summary = (values) => `mean ${(values.reduce((a, b) => a + b, 0) / values.length).toFixed(2)} ms, p50 ${percentile(values, 50).toFixed(2)} ms, p95 ${percentile(values, 95).toFixed(2)} ms, max ${Math.max(...values).toFixed(2)} ms`;
+
+function samplePhotos(n) {
+  const photos = [];
+  if (!fs.existsSync(dataset)) return photos;
+  for (const c of fs.readdirSync(dataset).sort()) {
+    const dir = path.join(dataset, c);
+    if (!fs.statSync(dir).isDirectory()) continue;
+    for (const f of fs.readdirSync(dir).sort().slice(0, Math.ceil(n / 6))) photos.push(path.join(dir, f));
+  }
+  return photos.slice(0, n);
+}
+
+async function main() {
+  const bytes = fs.readFileSync(modelPath);
+  const { preprocess, labels } = describeModel(readOnnxMetadataProps(bytes));
+  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, Node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}`);
+  console.log(`model: ${path.relative(root, modelPath)}, ${(bytes.length / 1e6).toFixed(2)} MB (${(bytes.length / 1048576).toFixed(2)} MiB), input ${preprocess.width}x${preprocess.height} ${preprocess.layout}, ${labels.length} classes`);
+
+  const photos = samplePhotos(60);
+  const images = photos.map((f) => fs.readFileSync(f));
+  const tensors = [];
+  const preTimes = [];
+  for (const image of images) {
+    const r = await imageToTensor(image, preprocess);
+    preTimes.push(r.ms);
+    tensors.push(r.tensor);
+  }
+  if (!tensors.length) tensors.push({ type: 'float32', dims: [1, 3, preprocess.height, preprocess.width], data: new Float32Array(3 * preprocess.height * preprocess.width) });
+  if (preTimes.length) console.log(`sharp pre-processing of ${images.length} 384x512 JPEG photos: ${summary(preTimes.slice(5))}`);
+
+  for (const threads of [1, 2]) {
+    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: threads, graphOptimizationLevel: 'all' });
+    const feed = (t) => ({ [session.inputNames[0]]: new ort.Tensor(t.type, t.data, t.dims) });
+    for (let i = 0; i < 20; i++) await session.run(feed(tensors[i % tensors.length]));
+    const times = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = process.hrtime.bigint();
+      await session.run(feed(tensors[i % tensors.length]));
+      times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    console.log(`inference, batch 1, ${threads} thread(s), ${runs} runs: ${summary(times)}`);
+    await session.release();
+  }
+
+  // The path the nodes take: worker thread, transfer of the tensor, classification afterwards.
+  const rssBefore = process.memoryUsage().rss;
+  const runner = new ModelRunner(modelPath, { executionProviders: ['cpu'], intraOpNumThreads: 0, interOpNumThreads: 0 });
+  await runner.load();
+  const t0 = Date.now();
+  let frames = 0;
+  const roundTrips = [];
+  while (Date.now() - t0 < 5000) {
+    const src = tensors[frames % tensors.length];
+    const copy = { type: src.type, dims: src.dims, data: src.data.slice() };
+    const s = process.hrtime.bigint();
+    await runner.run({ input: copy });
+    roundTrips.push(Number(process.hrtime.bigint() - s) / 1e6);
+    frames++;
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  const rss = process.memoryUsage().rss;
+  console.log(`worker pipeline (ml-model): ${(frames / seconds).toFixed(0)} inferences/s for ${seconds.toFixed(0)} s, round trip ${summary(roundTrips)}`);
+  console.log(`memory: process RSS ${(rss / 1048576).toFixed(0)} MiB with the model loaded in its worker (+${((rss - rssBefore) / 1048576).toFixed(0)} MiB for the worker and session)`);
+  await runner.close();
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
