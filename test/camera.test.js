@@ -117,7 +117,7 @@ test('a missing source is a clear, catchable error', async () => {
   await cameraFlow({ source: '/no/such/folder' });
   const caught = nextMessage(helper.getNode('errors'));
   helper.getNode('cam').receive({});
-  assert.match((await caught).error.message, /camera source "\/no\/such\/folder" does not exist: expected a folder, an image file, an http\(s\) snapshot URL/);
+  assert.match((await caught).error.message, /camera source "\/no\/such\/folder" does not exist: expected a folder, an image file, an http\(s\) snapshot or MJPEG URL, rtsp:\/\/\.\.\., \/dev\/videoN/);
 });
 
 function snapshotServer(image) {

@@ -2,9 +2,17 @@
 import sharp from 'sharp';
 import { RateMeter } from '../lib/frame-queue';
 import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, textSetting } from '../lib/red-types';
+import { FfmpegSource, LiveOptions, LiveSource, MjpegSource } from './live-sources';
 import {
-  detectSourceType, FileSource, FolderSource, FrameSource, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
+  detectSourceType, FileSource, FolderSource, FrameSource, looksLikeMjpeg, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
 } from './sources';
+
+/** Decoded frames per second for live sources: twice the emission rate, so a frame is never older than half an interval. */
+export function liveFps(intervalMs: number, maxFps: number): number {
+  if (maxFps > 0) return maxFps;
+  if (intervalMs <= 0) return 5;
+  return Math.min(30, Math.max(1, Math.round((2000 / intervalMs) * 100) / 100));
+}
 
 export interface FrameInfo {
   camera: string;
@@ -25,11 +33,15 @@ module.exports = function (RED: NodeAPI) {
     const configuredType = String(config.sourceType || 'auto');
     let intervalMs = 1000;
     let timeoutMs = 5000;
+    let watchdogMs = 10_000;
+    let maxFps = 0;
     try {
       intervalMs = numberSetting(config.interval, 1000, { min: 0, max: 86_400_000 });
       timeoutMs = numberSetting(config.timeout, 5000, { min: 100, max: 600_000 });
+      watchdogMs = numberSetting(config.watchdog, 10_000, { min: 500, max: 3_600_000 });
+      maxFps = numberSetting(config.maxFps, 0, { min: 0, max: 120 });
     } catch (err) {
-      node.warn(`interval/timeout: ${errorMessage(err)}; using 1000 ms / 5000 ms`);
+      node.warn(`timing settings: ${errorMessage(err)}; using defaults`);
     }
     const meter = new RateMeter();
     let source: FrameSource | undefined;
@@ -53,9 +65,46 @@ module.exports = function (RED: NodeAPI) {
           return new FileSource(sourceSetting);
         case 'url':
           return new SnapshotSource(sourceSetting, { username: node.credentials?.user, password: node.credentials?.password, timeoutMs });
+        case 'mjpeg':
+          return startLive(new MjpegSource(sourceSetting, liveOptions()));
+        case 'rtsp':
+        case 'v4l2':
+          return startLive(new FfmpegSource({
+            kind: type,
+            url: sourceSetting,
+            transport: config.transport === 'udp' ? 'udp' : 'tcp',
+            fps: liveFps(intervalMs, maxFps),
+            videoSize: textSetting(config.videoSize) || undefined,
+            pixelFormat: textSetting(config.pixelFormat) || undefined,
+            username: node.credentials?.user,
+            password: node.credentials?.password,
+          }, liveOptions(), textSetting(config.ffmpegPath) || 'ffmpeg'));
         default:
           throw new Error(`unknown source type "${type}"`);
       }
+    }
+
+    function liveOptions(): LiveOptions {
+      return { watchdogMs, minBackoffMs: 1000, maxBackoffMs: 30_000, username: node.credentials?.user, password: node.credentials?.password };
+    }
+
+    /** Live sources run by themselves; their transitions go to the second output and the status. */
+    function startLive(live: LiveSource): LiveSource {
+      const event = (name: 'online' | 'offline', reason?: string) => {
+        node.send([null, { topic: `${cameraId}/${name}`, payload: { event: name, camera: cameraId, reason, at: new Date().toISOString(), source: live.type } }]);
+      };
+      live.on('online', () => {
+        event('online');
+        node.status({ fill: 'green', shape: 'dot', text: `${live.type} online` });
+      });
+      live.on('offline', (reason: string) => {
+        event('offline', reason);
+        node.status({ fill: 'red', shape: 'ring', text: `offline: ${reason}`.slice(0, 80) });
+      });
+      live.on('problem', (err: Error) => node.error(err.message, { payload: { event: 'error', camera: cameraId, reason: err.message } }));
+      node.status({ fill: 'yellow', shape: 'ring', text: `connecting to ${live.type}` });
+      live.start();
+      return live;
     }
 
     function getSource(): Promise<FrameSource> {
@@ -68,10 +117,14 @@ module.exports = function (RED: NodeAPI) {
       return opening;
     }
 
-    async function capture(trigger?: NodeMessage): Promise<NodeMessage | null> {
+    /** A frame message; null when a finite source is exhausted, undefined when a live one has nothing new. */
+    async function capture(trigger?: NodeMessage): Promise<NodeMessage | null | undefined> {
       const src = await getSource();
-      const raw = await src.next();
-      if (!raw) return null;
+      const raw = src instanceof LiveSource && trigger ? await src.waitForFrame(timeoutMs) : await src.next();
+      if (raw === undefined && src instanceof LiveSource && trigger) {
+        throw new Error(`no frame from the ${src.type} camera within ${timeoutMs} ms (${src.state})`);
+      }
+      if (!raw) return raw;
       let image: Buffer;
       let meta: sharp.Metadata;
       try {
@@ -96,15 +149,16 @@ module.exports = function (RED: NodeAPI) {
       return msg;
     }
 
-    function showStatus() {
+    function showStatus(src: FrameSource) {
       const where = sourceSetting ? redactUrl(sourceSetting).split('/').slice(-2).join('/') : 'test pattern';
       const parts = [`${meter.rate().toFixed(1)} fps`, `#${seq}`];
+      if (src instanceof LiveSource) parts.unshift(src.state);
       if (skipped) parts.push(`skipped ${skipped}`);
       node.status({ fill: 'green', shape: 'dot', text: `${where} · ${parts.join(' · ')}`.slice(0, 80) });
     }
 
     /** One capture at a time: a tick that finds the previous capture still running is skipped. */
-    async function tick(trigger?: NodeMessage, send = node.send.bind(node)): Promise<void> {
+    async function tick(trigger?: NodeMessage, send: (m: (NodeMessage | null)[]) => void = (m) => node.send(m)): Promise<void> {
       if (capturing) {
         skipped++;
         throw new Error('busy');
@@ -112,7 +166,7 @@ module.exports = function (RED: NodeAPI) {
       capturing = true;
       try {
         const msg = await capture(trigger);
-        if (closed) return;
+        if (closed || msg === undefined) return;
         if (!msg) {
           finished = true;
           stopTimer();
@@ -120,8 +174,8 @@ module.exports = function (RED: NodeAPI) {
           return;
         }
         meter.tick();
-        showStatus();
-        send(msg);
+        if (source) showStatus(source);
+        send([msg, null]);
       } finally {
         capturing = false;
       }
@@ -176,10 +230,17 @@ module.exports = function (RED: NodeAPI) {
     node.on('close', (_removed: boolean, done: () => void) => {
       closed = true;
       stopTimer();
-      source?.close();
+      const closing = source;
       source = undefined;
-      done();
+      // Live sources wait for their ffmpeg child to exit, so a redeploy never leaves one behind.
+      Promise.resolve(closing?.close()).then(() => done(), () => done());
     });
+
+    // Live cameras connect at deploy so the first frame is ready by the first tick.
+    const liveType = ['rtsp', 'v4l2', 'mjpeg'].includes(configuredType);
+    if (liveType || (configuredType === 'auto' && (/^(rtsps?:|\/dev\/video)/i.test(sourceSetting) || (/^https?:/i.test(sourceSetting) && looksLikeMjpeg(sourceSetting))))) {
+      getSource().catch((err) => node.error(errorMessage(err)));
+    }
 
     if (running) {
       node.status({ fill: 'grey', shape: 'ring', text: 'starting' });

@@ -5,7 +5,7 @@ import * as https from 'https';
 import * as path from 'path';
 import sharp from 'sharp';
 
-export type SourceType = 'pattern' | 'folder' | 'file' | 'url';
+export type SourceType = 'pattern' | 'folder' | 'file' | 'url' | 'mjpeg' | 'rtsp' | 'v4l2';
 
 export interface RawFrame {
   /** Encoded image bytes (JPEG after normaliseToJpeg). */
@@ -16,29 +16,50 @@ export interface RawFrame {
 
 export interface FrameSource {
   readonly type: SourceType;
-  /** The next frame, or null when a finite source (folder played once) is exhausted. */
-  next(): Promise<RawFrame | null>;
+  /**
+   * The next frame; null when a finite source (a folder played once) is exhausted; undefined when a
+   * live source has no frame newer than the last one taken.
+   */
+  next(): Promise<RawFrame | null | undefined>;
   /** Start again from the beginning (folders). */
   rewind(): void;
-  close(): void;
+  close(): void | Promise<void>;
 }
 
 export const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif']);
 const MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024;
 
-/** Decides the source type from the setting: '' -> pattern, http(s) -> url, else a folder or file on disk. */
+const EXPECTED_SOURCES = 'expected a folder, an image file, an http(s) snapshot or MJPEG URL, rtsp://..., /dev/videoN, or empty for the test pattern';
+
+/** An http(s) URL whose path looks like a video stream rather than a still image. */
+export function looksLikeMjpeg(url: string): boolean {
+  try {
+    const { pathname, search } = new URL(url);
+    return /\.(mjpe?g|mpjpeg)$|mjpe?g|video|stream|faststream|action=stream/i.test(pathname + search);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Decides the source type from the setting: '' -> test pattern, rtsp(s):// -> RTSP, /dev/video* ->
+ * V4L2, http(s) -> MJPEG stream when the path says so (.mjpg, /video, stream...) else a snapshot,
+ * anything else a folder or file on disk.
+ */
 export async function detectSourceType(source: string): Promise<SourceType> {
   const value = source.trim();
   if (!value || value === 'pattern' || value === 'test-pattern') return 'pattern';
-  if (/^https?:\/\//i.test(value)) return 'url';
+  if (/^rtsps?:\/\//i.test(value)) return 'rtsp';
+  if (/^\/dev\/video\d+$/.test(value) || value.startsWith('/dev/v4l/')) return 'v4l2';
+  if (/^https?:\/\//i.test(value)) return looksLikeMjpeg(value) ? 'mjpeg' : 'url';
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
-    throw new Error(`unsupported camera source "${redactUrl(value)}": expected a folder, an image file, an http(s) snapshot URL or empty for the test pattern`);
+    throw new Error(`unsupported camera source "${redactUrl(value)}": ${EXPECTED_SOURCES}`);
   }
   try {
     const stat = await fs.stat(value);
     return stat.isDirectory() ? 'folder' : 'file';
   } catch {
-    throw new Error(`camera source "${value}" does not exist: expected a folder, an image file, an http(s) snapshot URL or empty for the test pattern`);
+    throw new Error(`camera source "${value}" does not exist: ${EXPECTED_SOURCES}`);
   }
 }
 

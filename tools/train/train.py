@@ -49,6 +49,10 @@ def parse_args():
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--cache-dir", default=os.path.join(here, "cache"))
     p.add_argument("--metrics", default="", help="JSON file for validation metrics (default: next to --out)")
+    p.add_argument("--no-flip-average", dest="flip_average", action="store_false",
+                   help="export the bare network instead of averaging it over the frame and its mirror image")
+    p.add_argument("--export-only", default="", metavar="CHECKPOINT",
+                   help="skip training: evaluate and export the weights saved in CHECKPOINT (runs/last.pt)")
     return p.parse_args()
 
 
@@ -191,6 +195,18 @@ def cutmix(x, y_onehot, gen):
     return x, lam * y_onehot + (1 - lam) * y_onehot[perm]
 
 
+class FlipAveraged(torch.nn.Module):
+    """Averages the logits of a frame and its mirror image: a piece of waste is the same either way
+    round, and the average is steadier than either view for twice a very small inference cost."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return 0.5 * (self.net(x) + self.net(torch.flip(x, dims=[3])))
+
+
 class Ema:
     """Exponential moving average of weights and BN statistics: a steadier final model."""
 
@@ -277,6 +293,14 @@ def main():
     print(f"decoded photos in {time.time() - t0:.0f} s", flush=True)
 
     model = WasteNet(len(classes))
+    if args.export_only:
+        checkpoint = torch.load(args.export_only)
+        model.load_state_dict(checkpoint["model"])
+        ema = Ema(model, 0.998)
+        ema.shadow = checkpoint["ema"]
+        finish(args, classes, model, ema, val_x, val_y, len(train_items), checkpoint["epochs"], checkpoint.get("history", []),
+               checkpoint.get("train_minutes", 0))
+        return
     ema = Ema(model, 0.998)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(train_items) / args.batch)
@@ -328,18 +352,28 @@ def main():
     train_minutes = (time.time() - t_train) / 60
     # Keep the weights before export so a failed export never costs a retrain.
     os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"), exist_ok=True)
-    torch.save({"model": model.state_dict(), "ema": ema.shadow, "classes": classes, "epochs": epochs},
+    torch.save({"model": model.state_dict(), "ema": ema.shadow, "classes": classes, "epochs": epochs,
+                "history": history, "train_minutes": train_minutes},
                os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "last.pt"))
+    finish(args, classes, model, ema, val_x, val_y, len(train_items), epochs, history, train_minutes)
+
+
+def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history, train_minutes):
     raw = metrics(predict(model, val_x), val_y, classes)
     model.load_state_dict(ema.shadow)
-    final = metrics(predict(model, val_x), val_y, classes)
-    print(f"validation accuracy: last weights {raw['accuracy']}, EMA weights {final['accuracy']}", flush=True)
+    ema_only = metrics(predict(model, val_x), val_y, classes)
+    exported = FlipAveraged(model) if args.flip_average else model
+    final = metrics(predict(exported, val_x), val_y, classes)
+    print(f"validation accuracy: last weights {raw['accuracy']}, EMA weights {ema_only['accuracy']}, "
+          f"exported ({'flip-averaged ' if args.flip_average else ''}EMA) {final['accuracy']}", flush=True)
     summary = {
-        "classes": classes, "train_photos": len(train_items), "validation_photos": len(val_items),
+        "classes": classes, "train_photos": train_count, "validation_photos": len(val_y),
         "epochs": epochs, "seed": args.seed, "train_minutes": round(train_minutes, 1), "threads": args.threads,
-        "validation_last_weights": raw["accuracy"], "validation": final, "history": history,
+        "validation_last_weights": raw["accuracy"], "validation_ema_weights": ema_only["accuracy"],
+        "flip_average": args.flip_average, "validation": final, "history": history,
         "torch": torch.__version__,
     }
+    model = exported
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     export_onnx(model, args.out, classes, args, {
         "model_name": "waste-classifier", "training": json.dumps({"dataset": os.path.basename(os.path.normpath(args.data)),
