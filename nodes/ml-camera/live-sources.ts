@@ -179,6 +179,7 @@ export class MjpegSource extends LiveSource {
     if (authorization) headers.Authorization = authorization;
     else if (username) headers.Authorization = 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64');
     const req = client.get(this.url, { headers, timeout: this.options.watchdogMs }, (res) => {
+      req.setTimeout(0); // from here on the watchdog judges silence, and names it a stall
       const status = res.statusCode ?? 0;
       if (status === 401) {
         res.resume();
@@ -207,8 +208,8 @@ export class MjpegSource extends LiveSource {
           this.failed(`MJPEG stream ${this.origin}: ${(err as Error).message}`);
         }
       });
-      res.on('end', () => this.failed(`MJPEG stream ${this.origin} ended`));
-      res.on('error', (err) => this.failed(`MJPEG stream ${this.origin}: ${err.message}`));
+      res.on('end', () => this.failed(`MJPEG stream ${this.origin} ended: the camera closed the stream`));
+      res.on('error', (err) => this.failed(`MJPEG stream ${this.origin}: ${err.message === 'aborted' ? 'the camera closed the stream' : err.message}`));
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${this.options.watchdogMs} ms`)));
     req.on('error', (err: NodeJS.ErrnoException) => {
