@@ -309,7 +309,8 @@ test('RTSP: the server is killed and restarted, and frames resume by themselves'
     const before = out.length;
     await until(() => out.length > before + 2, 20_000, 'frames after the restart');
     console.log(`# RTSP frames resumed ${((Date.now() - restartedAt) / 1000).toFixed(1)} s after the camera came back`);
-    assert.deepEqual(events.map((e) => e.payload.event).slice(0, 3), ['online', 'offline', 'online']);
+    const sequence = events.map((e) => e.payload.event).join(',');
+    assert.match(sequence, /online,offline,online$/, `events: ${sequence} (${events.map((e) => e.payload.reason ?? '').join(' | ')})`);
   } finally {
     await camera.close();
   }

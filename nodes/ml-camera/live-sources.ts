@@ -18,7 +18,7 @@ import { redactUrl } from './sources';
 export interface LiveOptions {
   /** No frame for this long means the camera is offline. */
   watchdogMs: number;
-  /** First and longest wait before reconnecting; doubles in between. */
+  /** First and longest wait before reconnecting; grows by half at each failure in between. */
   minBackoffMs: number;
   maxBackoffMs: number;
   username?: string;
@@ -120,7 +120,7 @@ export abstract class LiveSource extends EventEmitter implements FrameSource {
       this.emit('problem', new Error(reason));
     }
     const wait = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, this.options.maxBackoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 1.5, this.options.maxBackoffMs);
     this.disconnect().finally(() => {
       if (this.state === 'stopped') return;
       this.retryTimer = setTimeout(() => {

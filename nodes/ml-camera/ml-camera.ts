@@ -85,7 +85,7 @@ module.exports = function (RED: NodeAPI) {
     }
 
     function liveOptions(): LiveOptions {
-      return { watchdogMs, minBackoffMs: 1000, maxBackoffMs: 30_000, username: node.credentials?.user, password: node.credentials?.password };
+      return { watchdogMs, minBackoffMs: 500, maxBackoffMs: 15_000, username: node.credentials?.user, password: node.credentials?.password };
     }
 
     /** Live sources run by themselves; their transitions go to the second output and the status. */
