@@ -1,0 +1,143 @@
+/**
+ * Greengrass IPC through aws-iot-device-sdk-v2's greengrasscoreipc client: PublishToTopic (local
+ * pub/sub) and PublishToIoTCore, over the nucleus's socket with the token it gives the component.
+ */
+import { EventEmitter } from 'events';
+import { greengrasscoreipc, io } from 'aws-iot-device-sdk-v2';
+import type { ConnectionState } from './mqtt-transport';
+
+export const SOCKET_ENV = 'AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT';
+export const TOKEN_ENV = 'SVCUID';
+
+export type IpcDestination = 'local' | 'iotcore';
+
+/** True when this process runs as a Greengrass component (the nucleus set the IPC variables). */
+export function runningAsComponent(env: NodeJS.ProcessEnv = process.env): boolean {
+  return Boolean(env[SOCKET_ENV] && env[TOKEN_ENV]);
+}
+
+export class IpcTransport extends EventEmitter {
+  state: ConnectionState = 'stopped';
+  lastError?: string;
+  readonly description: string;
+  private client?: greengrasscoreipc.Client;
+  private retryTimer?: NodeJS.Timeout;
+  private backoffMs = 500;
+  private stopped = true;
+
+  constructor(private readonly socketPath = process.env[SOCKET_ENV] ?? '', private readonly token = process.env[TOKEN_ENV] ?? '') {
+    super();
+    if (!socketPath) throw new Error(`Greengrass IPC needs ${SOCKET_ENV} (set by the nucleus for components): run this flow as a Greengrass component, or choose MQTT`);
+    this.description = `Greengrass IPC (${socketPath})`;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.connect();
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    this.setState('connecting');
+    const token = this.token;
+    // A client connects once; every reconnect uses a new one.
+    const client = greengrasscoreipc.createClient({
+      hostName: this.socketPath,
+      port: 0,
+      socketOptions: new io.SocketOptions(io.SocketType.STREAM, io.SocketDomain.LOCAL, 5000),
+      connectTransform: async (options) => {
+        options.message.payload = JSON.stringify({ authToken: token });
+        return options.message;
+      },
+    });
+    this.client = client;
+    client.on('disconnection', (event) => {
+      if (this.client !== client) return;
+      this.client = undefined;
+      this.lastError = event?.reason ? String(event.reason) : 'the nucleus closed the IPC connection';
+      this.setState('disconnected');
+      this.scheduleReconnect();
+    });
+    client.connect().then(
+      () => {
+        if (this.client !== client) return;
+        this.backoffMs = 500;
+        this.lastError = undefined;
+        this.setState('connected');
+      },
+      (err: Error) => {
+        if (this.client !== client) return;
+        this.client = undefined;
+        this.lastError = `${err.message}${/refused|ENOENT|no such file/i.test(err.message) ? ' (is the nucleus running?)' : ''}`;
+        this.setState('disconnected');
+        client.close().catch(() => undefined);
+        this.scheduleReconnect();
+      },
+    );
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopped || this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.connect();
+    }, this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 1.5, 15_000);
+  }
+
+  async publish(topic: string, payload: Buffer | string, qos: 0 | 1, destination: IpcDestination = 'local'): Promise<void> {
+    const client = this.client;
+    if (!client || this.state !== 'connected') {
+      throw new Error(`not connected to ${this.description}${this.lastError ? `: ${this.lastError}` : ''}`);
+    }
+    try {
+      if (destination === 'iotcore') {
+        await client.publishToIoTCore({
+          topicName: topic,
+          qos: qos === 1 ? greengrasscoreipc.model.QOS.AT_LEAST_ONCE : greengrasscoreipc.model.QOS.AT_MOST_ONCE,
+          payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+        });
+      } else {
+        const json = typeof payload === 'string' ? tryParseJson(payload) : undefined;
+        await client.publishToTopic({
+          topic,
+          publishMessage: json !== undefined ? { jsonMessage: { message: json } } : { binaryMessage: { message: payload } },
+        });
+      }
+    } catch (err) {
+      throw new Error(`${destination === 'iotcore' ? 'PublishToIoTCore' : 'PublishToTopic'} ${topic} failed: ${describeIpcError(err)}`);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    const client = this.client;
+    this.client = undefined;
+    if (client) await client.close().catch(() => undefined);
+    this.setState('stopped');
+  }
+
+  private setState(state: ConnectionState): void {
+    this.state = state;
+    this.emit('state', state, this.lastError);
+  }
+}
+
+function tryParseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function describeIpcError(err: unknown): string {
+  const e = err as { message?: string; apiError?: { message?: string; _errorCode?: string }; cause?: unknown };
+  const detail = e.apiError?.message ?? e.message ?? String(err);
+  return /unauthori[sz]ed|not authorized|access/i.test(detail)
+    ? `${detail} (the component's recipe must allow this topic in accessControl)`
+    : detail;
+}
