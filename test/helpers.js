@@ -93,13 +93,18 @@ function mosquittoPath() {
 }
 
 /** A real mosquitto (MQTT 5) on loopback; `extraConfig` lines are appended (TLS listeners etc.). */
-async function startMosquitto({ port, extraConfig = '' } = {}) {
+async function startMosquitto({ port, listener, dir } = {}) {
   const binary = mosquittoPath();
   if (!binary) throw new Error('mosquitto is not installed: apt-get install mosquitto (.ci/run does this)');
   port = port ?? (await freePort());
-  const dir = tmpDir('gg-ml-mosq-');
+  dir = dir ?? tmpDir('gg-ml-mosq-');
   const conf = path.join(dir, 'mosquitto.conf');
-  fs.writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n${extraConfig}\n`);
+  // `listener` replaces the plain listener (e.g. TLS); a given dir keeps sessions across restarts.
+  // As root, mosquitto would switch to its own user, who cannot read the test's private folders.
+  const user = process.getuid?.() === 0 ? 'user root\n' : '';
+  fs.writeFileSync(conf, user + (listener
+    ? `${listener(port)}\npersistence true\npersistence_location ${dir}/\nautosave_interval 1\n`
+    : `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`));
   const child = spawn(binary, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
@@ -115,6 +120,7 @@ async function startMosquitto({ port, extraConfig = '' } = {}) {
   }
   return {
     port,
+    dir,
     url: `mqtt://127.0.0.1:${port}`,
     close: () => new Promise((resolve) => {
       if (child.exitCode !== null) return resolve();
@@ -124,10 +130,23 @@ async function startMosquitto({ port, extraConfig = '' } = {}) {
   };
 }
 
+/** A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl. */
+function makeCertificates(dir) {
+  const run = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=test-ca', '-keyout', 'ca.key', '-out', 'ca.crt');
+  for (const [name, subject, ext] of [['server', '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], ['client', '/CN=sorter-core', 'extendedKeyUsage=clientAuth']]) {
+    run('req', '-newkey', 'rsa:2048', '-nodes', '-subj', subject, '-keyout', `${name}.key`, '-out', `${name}.csr`);
+    fs.writeFileSync(path.join(dir, `${name}.ext`), `${ext}\n`);
+    run('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.crt`);
+  }
+  const file = (n) => path.join(dir, n);
+  return { ca: file('ca.crt'), serverCert: file('server.crt'), serverKey: file('server.key'), clientCert: file('client.crt'), clientKey: file('client.key') };
+}
+
 /** Subscribes with the `mqtt` package (an independent client) and collects messages. */
-async function collect(url, topics, protocolVersion = 5) {
+async function collect(url, topics, protocolVersion = 5, options = {}) {
   const mqtt = require('mqtt');
-  const client = await mqtt.connectAsync(url, { protocolVersion, clientId: `test-sub-${process.pid}-${Date.now()}` });
+  const client = await mqtt.connectAsync(url, { protocolVersion, clientId: `test-sub-${process.pid}-${Date.now()}`, ...options });
   const messages = [];
   client.on('message', (topic, payload) => messages.push({ topic, payload: payload.toString() }));
   await client.subscribeAsync(topics, { qos: 1 });
@@ -174,5 +193,5 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 module.exports = {
   ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
-  startAedes, startMosquitto, mosquittoPath, collect, nextMessage, nextError, sleep, execFileSync,
+  startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, nextError, sleep, execFileSync,
 };

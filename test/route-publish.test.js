@@ -95,6 +95,8 @@ test('MQTT 3.1.1 brokers work too, and publish nodes share one client that leave
     const sent = nextMessage(helper.getNode('sent'));
     helper.getNode('pub').receive({ payload: { ok: true }, frame: { camera: 'cam1' } });
     await sent;
+    const until = Date.now() + 5000;
+    while (seen.length < 1 && Date.now() < until) await sleep(20);
     assert.deepEqual(seen, ['recycling/cam1/result']);
     await helper.unload();
     const deadline = Date.now() + 5000;
@@ -105,7 +107,7 @@ test('MQTT 3.1.1 brokers work too, and publish nodes share one client that leave
   }
 });
 
-test('a broker that refuses the credentials, or is not there, gives a catchable error that says why', async () => {
+test('without the spool, a broker that refuses the credentials, or is not there, gives a catchable error that says why', async () => {
   const broker = await startAedes(undefined, {
     authenticate: (client, username, password, callback) => {
       const ok = username === 'sorter' && password?.toString() === 'right';
@@ -113,10 +115,10 @@ test('a broker that refuses the credentials, or is not there, gives a catchable 
     },
   });
   try {
-    await publishFlow(broker.url, '3.1.1', {}, { username: 'sorter', password: 'right' });
+    await publishFlow(broker.url, '3.1.1', { spool: false }, { username: 'sorter', password: 'right' });
     await connected();
     await helper.unload();
-    await publishFlow(broker.url, '3.1.1', {}, { username: 'sorter', password: 'wrong' });
+    await publishFlow(broker.url, '3.1.1', { spool: false }, { username: 'sorter', password: 'wrong' });
     await sleep(1000);
     const caught = nextMessage(helper.getNode('errors'));
     helper.getNode('pub').receive({ payload: {}, frame: { camera: 'c' } });
@@ -127,7 +129,7 @@ test('a broker that refuses the credentials, or is not there, gives a catchable 
   }
 
   const nobody = `mqtt://127.0.0.1:${await freePort()}`;
-  await publishFlow(nobody, '5');
+  await publishFlow(nobody, '5', { spool: false });
   await sleep(1000);
   const caught = nextMessage(helper.getNode('errors'));
   helper.getNode('pub').receive({ payload: { label: 'x' }, frame: { camera: 'c' } });

@@ -16,6 +16,14 @@ export function runningAsComponent(env: NodeJS.ProcessEnv = process.env): boolea
   return Boolean(env[SOCKET_ENV] && env[TOKEN_ENV]);
 }
 
+/** auto: IPC when running as a Greengrass component, MQTT otherwise. */
+export function chooseTransport(setting: string, env: NodeJS.ProcessEnv = process.env): 'ipc' | 'mqtt' {
+  const value = setting.trim().toLowerCase() || 'auto';
+  if (value === 'ipc' || value === 'mqtt') return value;
+  if (value === 'auto') return runningAsComponent(env) ? 'ipc' : 'mqtt';
+  throw new Error(`transport "${setting}" is not one of auto, ipc, mqtt`);
+}
+
 export class IpcTransport extends EventEmitter {
   state: ConnectionState = 'stopped';
   lastError?: string;

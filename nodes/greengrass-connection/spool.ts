@@ -9,7 +9,8 @@ import * as path from 'path';
 
 export interface SpooledMessage {
   topic: string;
-  payload: Buffer;
+  /** Text stays text (IPC sends it as a JSON message), bytes stay bytes. */
+  payload: Buffer | string;
   qos: 0 | 1;
   /** Transport-specific destination (IPC: local pub/sub or IoT Core). */
   destination?: string;
@@ -73,7 +74,11 @@ export class DiskSpool {
     const write = this.writing.then(async () => {
       const seq = this.nextSeq++;
       const file = path.join(this.dir, `${String(seq).padStart(16, '0')}${SUFFIX}`);
-      const body = JSON.stringify({ topic: message.topic, qos: message.qos, destination: message.destination, at: message.at, payload: message.payload.toString('base64') });
+      const isText = typeof message.payload === 'string';
+      const body = JSON.stringify({
+        topic: message.topic, qos: message.qos, destination: message.destination, at: message.at,
+        encoding: isText ? 'utf8' : 'base64', payload: isText ? message.payload : (message.payload as Buffer).toString('base64'),
+      });
       const tmp = `${file}.tmp`;
       await fs.writeFile(tmp, body, { mode: 0o600 });
       await fs.rename(tmp, file);
@@ -97,7 +102,8 @@ export class DiskSpool {
     const head = this.entries[0];
     if (!head) return undefined;
     const raw = JSON.parse(await fs.readFile(head.file, 'utf8'));
-    return { seq: head.seq, topic: raw.topic, qos: raw.qos, destination: raw.destination, at: raw.at, payload: Buffer.from(raw.payload, 'base64') };
+    const payload = raw.encoding === 'utf8' ? String(raw.payload) : Buffer.from(raw.payload, 'base64');
+    return { seq: head.seq, topic: raw.topic, qos: raw.qos, destination: raw.destination, at: raw.at, payload };
   }
 
   /** Removes the oldest message once it has been delivered. */

@@ -44,3 +44,31 @@ export function encodePayload(payload: unknown): Buffer | string {
     return value;
   });
 }
+
+interface Scored {
+  label?: unknown;
+  score?: unknown;
+  topK?: { label?: unknown; score?: unknown }[];
+  capturedAt?: unknown;
+}
+
+/**
+ * The message shape of AWS's Greengrass ML inference components (aws.greengrass.DLRImageClassification
+ * and friends), so IoT rules and dashboards built for them keep working.
+ */
+export function toAwsMlInferenceMessage(payload: unknown, now = new Date()): Record<string, unknown> {
+  const p = payload as Scored | undefined;
+  if (!p || typeof p !== 'object') throw new Error('the AWS ML inference format needs msg.payload to be a classification {label, score, topK}');
+  const predictions = Array.isArray(p.topK) && p.topK.length ? p.topK : [{ label: p.label, score: p.score }];
+  if (!predictions.every((x) => typeof x.label === 'string' && typeof x.score === 'number')) {
+    throw new Error('the AWS ML inference format needs msg.payload.topK as [{label, score}] (or label and score)');
+  }
+  const at = typeof p.capturedAt === 'string' && !Number.isNaN(Date.parse(p.capturedAt)) ? new Date(p.capturedAt) : now;
+  const timestamp = at.toISOString().replace('T', ' ').replace('Z', '').replace(/\.(\d{3})$/, '.$1000');
+  return {
+    timestamp,
+    'inference-type': 'image-classification',
+    'inference-description': `Top ${predictions.length} predictions`,
+    'inference-results': predictions.map((x) => ({ Label: x.label, Score: String(x.score) })),
+  };
+}

@@ -1,0 +1,220 @@
+// Greengrass publishing: the disk spool, MQTT with mutual TLS through a broker outage and a Node-RED
+// restart (a real mosquitto), and Greengrass IPC against a test nucleus speaking eventstream RPC.
+const { test, before, after, afterEach } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('fs');
+const path = require('path');
+const { node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, makeCertificates, freePort, collect, nextMessage, sleep } = require('./helpers');
+const { DiskSpool } = require('../nodes/greengrass-connection/spool');
+const { toAwsMlInferenceMessage } = require('../nodes/greengrass-publish/publish-format');
+const { chooseTransport } = require('../nodes/greengrass-connection/ipc-transport');
+const { FakeNucleusIpc } = require('./fixtures/ipc-server');
+
+const helper = redHelper();
+const nodes = [node('greengrass-connection'), node('greengrass-publish'), coreNode('common/25-catch.js')];
+
+before(() => new Promise((resolve) => helper.startServer(resolve)));
+afterEach(() => helper.unload());
+after(() => new Promise((resolve) => helper.stopServer(resolve)));
+
+async function until(predicate, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+test('the spool keeps order across a reopen and drops the oldest when full', async () => {
+  const dir = tmpDir('gg-spool-');
+  const spool = new DiskSpool(dir, { maxMessages: 3, maxBytes: 1e9 });
+  await spool.open();
+  for (let i = 1; i <= 5; i++) await spool.push({ topic: `t/${i}`, payload: i % 2 ? `{"n":${i}}` : Buffer.from([i]), qos: 1, at: i });
+  assert.equal(spool.length, 3);
+  assert.equal(spool.dropped, 2);
+  const reopened = new DiskSpool(dir, { maxMessages: 3, maxBytes: 1e9 });
+  await reopened.open();
+  const seen = [];
+  for (let head = await reopened.peek(); head; head = await reopened.peek()) {
+    seen.push([head.topic, head.payload]);
+    await reopened.remove(head.seq);
+  }
+  assert.deepEqual(seen, [['t/3', '{"n":3}'], ['t/4', Buffer.from([4])], ['t/5', '{"n":5}']]);
+  assert.deepEqual(fs.readdirSync(dir), []);
+  const small = new DiskSpool(tmpDir('gg-spool-'), { maxMessages: 100, maxBytes: 400 });
+  await small.open();
+  for (let i = 0; i < 10; i++) await small.push({ topic: 't', payload: 'x'.repeat(100), qos: 1, at: i });
+  assert.ok(small.bytes <= 400 && small.dropped > 0, `${small.bytes} bytes kept, ${small.dropped} dropped`);
+});
+
+test('results can be sent in the format of AWS Greengrass ML inference components', () => {
+  const m = toAwsMlInferenceMessage({ label: 'glass', score: 0.9, topK: [{ label: 'glass', score: 0.9 }, { label: 'plastic', score: 0.07 }], capturedAt: '2026-11-26T01:02:03.456Z' });
+  assert.deepEqual(m, {
+    timestamp: '2026-11-26 01:02:03.456000',
+    'inference-type': 'image-classification',
+    'inference-description': 'Top 2 predictions',
+    'inference-results': [{ Label: 'glass', Score: '0.9' }, { Label: 'plastic', Score: '0.07' }],
+  });
+  assert.throws(() => toAwsMlInferenceMessage('x'), /needs msg.payload to be a classification/);
+});
+
+test('auto picks IPC inside a Greengrass component and MQTT elsewhere', () => {
+  assert.equal(chooseTransport('auto', { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: '/s', SVCUID: 't' }), 'ipc');
+  assert.equal(chooseTransport('', {}), 'mqtt');
+  assert.equal(chooseTransport('mqtt', { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: '/s', SVCUID: 't' }), 'mqtt');
+  assert.throws(() => chooseTransport('carrier-pigeon'), /not one of auto, ipc, mqtt/);
+});
+
+function flow(connection, publish = {}) {
+  return [
+    { id: 'tab', type: 'tab' },
+    { id: 'conn', type: 'greengrass-connection', clientId: 'sorter-core', keepalive: 5, ...connection },
+    { id: 'pub', type: 'greengrass-publish', z: 'tab', connection: 'conn', topic: 'recycling/{{frame.camera}}/result', qos: 1, ...publish, wires: [['sent']] },
+    { id: 'sent', type: 'helper', z: 'tab' },
+    { id: 'catch', type: 'catch', z: 'tab', scope: null, wires: [['errors']] },
+    { id: 'errors', type: 'helper', z: 'tab' },
+  ];
+}
+
+function tlsBroker(certs, port, dir) {
+  return startMosquitto({
+    port, dir,
+    listener: (p) => [`listener ${p} 127.0.0.1`, `cafile ${certs.ca}`, `certfile ${certs.serverCert}`, `keyfile ${certs.serverKey}`,
+      'require_certificate true', 'use_identity_as_username true', 'allow_anonymous false'].join('\n'),
+  });
+}
+
+async function tlsSubscriber(broker, certs) {
+  // A persistent session, so results published while it reconnects after the broker restart wait for it.
+  return collect(`mqtts://127.0.0.1:${broker.port}`, ['recycling/#'], 5, {
+    ca: fs.readFileSync(certs.ca), cert: fs.readFileSync(certs.clientCert), key: fs.readFileSync(certs.clientKey),
+    clientId: 'dashboard', clean: false, properties: { sessionExpiryInterval: 3600 }, reconnectPeriod: 200, rejectUnauthorized: true,
+  });
+}
+
+test('MQTT with mutual TLS: the broker stops under steady traffic and returns; every result arrives once, in order', async () => {
+  const certs = makeCertificates(tmpDir('gg-certs-'));
+  const port = await freePort();
+  let broker = await tlsBroker(certs, port);
+  const sub = await tlsSubscriber(broker, certs);
+  const spoolDir = tmpDir('gg-spool-');
+  try {
+    await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: `mqtts://127.0.0.1:${port}`, caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey, spoolDir }));
+    const conn = helper.getNode('conn');
+    await until(() => conn.state === 'connected', 10_000, 'the TLS connection');
+    const errors = [];
+    helper.getNode('errors').on('input', (m) => errors.push(m.error.message));
+    const total = 60;
+    const send = (n) => helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+    for (let n = 1; n <= total; n++) {
+      if (n === 21) {
+        // Stop the broker only once nothing is in flight, so a lost PUBACK cannot make a duplicate.
+        await until(() => conn.queued === 0 && sub.messages.length === 20, 10_000, 'the first results');
+        await broker.close();
+      }
+      if (n === 41) {
+        broker = await tlsBroker(certs, port, broker.dir);
+      }
+      send(n);
+      await sleep(50);
+    }
+    await until(() => sub.messages.length >= total, 30_000, `all ${total} results (have ${sub.messages.length})`);
+    await sleep(300);
+    const received = sub.messages.map((m) => JSON.parse(m.payload).n);
+    assert.deepEqual(received, Array.from({ length: total }, (_, i) => i + 1), 'every result once, in order');
+    assert.ok(errors.some((e) => /results are queued on disk and will be delivered in order/.test(e)), 'the outage was reported once to Catch');
+    assert.equal(errors.length, 1);
+    assert.equal(conn.queued, 0);
+  } finally {
+    await sub.close();
+    await helper.unload();
+    await broker.close();
+  }
+});
+
+test('results spooled while the broker is down survive a Node-RED restart and go out in order', async () => {
+  const certs = makeCertificates(tmpDir('gg-certs-'));
+  const port = await freePort();
+  const spoolDir = tmpDir('gg-spool-');
+  const settings = { transport: 'mqtt', url: `mqtts://127.0.0.1:${port}`, caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey, spoolDir };
+  await loadFlow(helper, nodes, flow(settings));
+  for (let n = 1; n <= 10; n++) {
+    const accepted = nextMessage(helper.getNode('sent'));
+    helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+    await accepted;
+  }
+  assert.equal(helper.getNode('conn').queued, 10);
+  await helper.unload(); // Node-RED stops with ten results on disk
+  assert.equal(fs.readdirSync(spoolDir).filter((f) => f.endsWith('.msg')).length, 10);
+
+  const broker = await tlsBroker(certs, port);
+  const sub = await tlsSubscriber(broker, certs);
+  try {
+    await loadFlow(helper, nodes, flow(settings));
+    await until(() => sub.messages.length >= 10, 20_000, 'the spooled results');
+    assert.deepEqual(sub.messages.map((m) => JSON.parse(m.payload).n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    await until(() => fs.readdirSync(spoolDir).length === 0, 5000, 'an empty spool');
+  } finally {
+    await sub.close();
+    await helper.unload();
+    await broker.close();
+  }
+});
+
+test('IPC: as a component, results go to local pub/sub and IoT Core through the nucleus with the token', async () => {
+  const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
+  const nucleus = new FakeNucleusIpc(socketPath, 'component-token-1');
+  await nucleus.listen();
+  Object.assign(process.env, { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: socketPath, SVCUID: 'component-token-1' });
+  try {
+    await loadFlow(helper, [...nodes], [
+      ...flow({ transport: 'auto', url: 'mqtt://127.0.0.1:1' }),
+      { id: 'cloud', type: 'greengrass-publish', z: 'tab', connection: 'conn', topic: 'recycling/{{frame.camera}}/ml', qos: 1, destination: 'iotcore', format: 'aws-ml', wires: [[]] },
+    ]);
+    const conn = helper.getNode('conn');
+    assert.equal(conn.transportName, 'ipc');
+    await until(() => conn.state === 'connected', 10_000, 'the IPC connection');
+    const result = { label: 'metal', score: 0.88, topK: [{ label: 'metal', score: 0.88, index: 2 }], bin: 'containers' };
+    helper.getNode('pub').receive({ payload: result, frame: { camera: 'belt2' } });
+    helper.getNode('pub').receive({ payload: Buffer.from([0xca, 0xfe]), frame: { camera: 'belt2' } });
+    helper.getNode('cloud').receive({ payload: result, frame: { camera: 'belt2' } });
+    await until(() => nucleus.received.length >= 3, 10_000, 'three IPC publishes');
+    const [json, binary, cloud] = nucleus.received;
+    assert.deepEqual(json, { operation: 'PublishToTopic', request: { topic: 'recycling/belt2/result', publishMessage: { jsonMessage: { message: result } } } });
+    assert.deepEqual(binary.request.publishMessage, { binaryMessage: { message: Buffer.from([0xca, 0xfe]).toString('base64') } });
+    assert.equal(cloud.operation, 'PublishToIoTCore');
+    assert.equal(cloud.request.topicName, 'recycling/belt2/ml');
+    assert.equal(cloud.request.qos, '1');
+    const sentToCloud = JSON.parse(Buffer.from(cloud.request.payload, 'base64').toString());
+    assert.deepEqual(sentToCloud['inference-results'], [{ Label: 'metal', Score: '0.88' }]);
+    assert.equal(nucleus.connections, 1);
+  } finally {
+    delete process.env.AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT;
+    delete process.env.SVCUID;
+    await helper.unload();
+    await nucleus.close();
+  }
+});
+
+test('IPC: a wrong token is refused, results wait in the spool, and go out once the nucleus accepts', async () => {
+  const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
+  const nucleus = new FakeNucleusIpc(socketPath, 'the-right-token');
+  await nucleus.listen();
+  Object.assign(process.env, { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: socketPath, SVCUID: 'a-stale-token' });
+  try {
+    await loadFlow(helper, nodes, flow({ transport: 'ipc' }));
+    const caught = nextMessage(helper.getNode('errors'), 10_000);
+    await until(() => nucleus.connections >= 1, 10_000, 'a connection attempt');
+    helper.getNode('pub').receive({ payload: { n: 1 }, frame: { camera: 'c' } });
+    assert.match((await caught).error.message, /not connected to Greengrass IPC .*results are queued on disk/);
+    assert.equal(nucleus.received.length, 0);
+    nucleus.token = 'a-stale-token'; // the nucleus now accepts it (as after a redeployment)
+    await until(() => nucleus.received.length === 1, 20_000, 'the queued result');
+    assert.deepEqual(nucleus.received[0].request.publishMessage.jsonMessage.message, { n: 1 });
+  } finally {
+    delete process.env.AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT;
+    delete process.env.SVCUID;
+    await helper.unload();
+    await nucleus.close();
+  }
+});
