@@ -135,3 +135,15 @@ test('ONNX metadata is read from the shipped model and garbage is rejected', () 
   assert.equal(bad.labels, undefined);
   assert.equal(bad.warnings.length, 2);
 });
+
+test('topic templates take ${NAME} and ${NAME:-default} from the environment', () => {
+  const msg = { frame: { camera: 'c1' } };
+  assert.equal(renderTopic('${PREFIX:-recycling}/{{frame.camera}}/result', msg, {}), 'recycling/c1/result');
+  assert.equal(renderTopic('${PREFIX:-recycling}/{{frame.camera}}/result', msg, { PREFIX: 'plant7' }), 'plant7/c1/result');
+  assert.throws(() => renderTopic('${PREFIX}/x', msg, {}), /needs the environment variable PREFIX/);
+});
+
+test('rules without a threshold (or with an unset ${ENV}) take the default', () => {
+  const rules = validateRules([{ name: 'a', labels: 'x', threshold: '${SORTER_MIN_SCORE}' }, { name: 'b', labels: 'y', threshold: '' }, { name: 'c', labels: 'z', threshold: '0.9' }], 0.55);
+  assert.deepEqual(rules.map((r) => r.threshold), [0.55, 0.55, 0.9]);
+});

@@ -16,8 +16,16 @@ function lookup(msg: Record<string, unknown>, expression: string): unknown {
  * Fills a template. A value may not add topic levels or wildcards, so '/', '+' and '#' in values
  * become '_'; a missing field is an error rather than a silently wrong topic.
  */
-export function renderTopic(template: string, msg: Record<string, unknown>): string {
-  const topic = template.replace(PLACEHOLDER, (_match, expression: string) => {
+export function renderTopic(template: string, msg: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): string {
+  // ${NAME} or ${NAME:-default} inside a template come from the environment (Node-RED itself only
+  // substitutes a property that is exactly ${NAME}); e.g. ${SORTER_TOPIC_PREFIX:-recycling}/...
+  const withEnv = template.replace(/\$\{(\w+)(?::-([^}]*))?\}/g, (_m, name: string, fallback?: string) => {
+    const value = env[name];
+    if (value !== undefined && value !== '') return value;
+    if (fallback !== undefined) return fallback;
+    throw new Error(`topic template "${template}" needs the environment variable ${name}, which is not set`);
+  });
+  const topic = withEnv.replace(PLACEHOLDER, (_match, expression: string) => {
     const value = lookup(msg, expression);
     if (value === undefined || value === null || value === '') {
       throw new Error(`topic template "${template}" needs msg.${expression.replace(/^msg\./, '')}, which is missing`);

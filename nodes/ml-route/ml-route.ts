@@ -18,7 +18,7 @@ module.exports = function (RED: NodeAPI) {
     let configError: string | undefined;
     try {
       router = new Router({
-        rules: validateRules(config.rules),
+        rules: validateRules(config.rules, numberSetting(config.defaultThreshold, 0.6, { min: 0, max: 1 })),
         uncertainName: String(config.uncertainName || 'review'),
         consecutive: numberSetting(config.consecutive, 1, { min: 1, max: 100 }),
       });

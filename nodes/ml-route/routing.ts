@@ -27,14 +27,16 @@ export interface Decision {
 
 const MAX_TRACKED_CAMERAS = 1000;
 
-export function validateRules(raw: unknown): RouteRule[] {
+/** Rules whose threshold is empty, or an unset ${ENV} reference, take `defaultThreshold`. */
+export function validateRules(raw: unknown, defaultThreshold = 0.6): RouteRule[] {
   if (!Array.isArray(raw) || raw.length === 0) throw new Error('at least one routing rule is needed');
   return raw.map((r, i) => {
     const rule = r as Record<string, unknown>;
     const labels = (Array.isArray(rule.labels) ? rule.labels : String(rule.labels ?? '').split(','))
       .map((l) => String(l).trim())
       .filter(Boolean);
-    const threshold = Number(rule.threshold ?? 0);
+    const given = typeof rule.threshold === 'string' ? rule.threshold.trim().replace(/^\$\{[^}]+\}$/, '') : rule.threshold;
+    const threshold = given === undefined || given === null || given === '' ? defaultThreshold : Number(given);
     if (!labels.length) throw new Error(`rule ${i + 1} names no class`);
     if (!Number.isFinite(threshold) || threshold < 0 || threshold > 1) {
       throw new Error(`rule ${i + 1} threshold must be between 0 and 1, got ${JSON.stringify(rule.threshold)}`);
