@@ -196,6 +196,9 @@ class Mqtt5Adapter implements ClientAdapter {
         resolve();
       }
     });
+    // Known upstream: a closed MQTT 5 client still holds three referenced native handles
+    // (awslabs/aws-crt-nodejs#600), so a process that used one only ends through process.exit,
+    // as Node-RED's shutdown does.
     client.close();
   }
 }
