@@ -4,7 +4,7 @@ const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
-const { node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, makeCertificates, freePort, collect, nextMessage, sleep } = require('./helpers');
+const { node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, makeCertificates, freePort, collect, nextMessage, sleep, until } = require('./helpers');
 const { DiskSpool } = require('../nodes/greengrass-connection/spool');
 const { toAwsMlInferenceMessage } = require('../nodes/greengrass-publish/publish-format');
 const { chooseTransport } = require('../nodes/greengrass-connection/ipc-transport');
@@ -16,14 +16,6 @@ const nodes = [node('greengrass-connection'), node('greengrass-publish'), coreNo
 before(() => new Promise((resolve) => helper.startServer(resolve)));
 afterEach(() => helper.unload());
 after(() => new Promise((resolve) => helper.stopServer(resolve)));
-
-async function until(predicate, timeoutMs, what) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 test('the spool keeps order across a reopen and drops the oldest when full', async () => {
   const dir = tmpDir('gg-spool-');

@@ -175,23 +175,18 @@ function nextMessage(helperNode, timeoutMs = 10_000) {
   });
 }
 
-/** Resolves with the next error a node reports through done(err) / node.error (what Catch sees). */
-function nextError(redNode, timeoutMs = 10_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no error was reported')), timeoutMs);
-    const original = redNode.error;
-    redNode.error = function (err, msg) {
-      clearTimeout(timer);
-      redNode.error = original;
-      resolve({ err, msg });
-      return original.call(this, err, msg);
-    };
-  });
-}
-
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls until predicate() is true, failing after timeoutMs with what was awaited. */
+async function until(predicate, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
 
 module.exports = {
   ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
-  startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, nextError, sleep, execFileSync,
+  startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until,
 };

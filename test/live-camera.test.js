@@ -7,7 +7,7 @@ const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
-const { node, coreNode, redHelper, loadFlow, validationPhotos, freePort, nextMessage, sleep } = require('./helpers');
+const { node, coreNode, redHelper, loadFlow, validationPhotos, freePort, nextMessage, sleep, until } = require('./helpers');
 const { buildFfmpegArgs, explainFfmpegError } = require('../nodes/ml-camera/live-sources');
 const { MultipartJpegParser, multipartBoundary } = require('../nodes/ml-camera/multipart');
 const { parseDigestChallenge, digestAuthorization } = require('../nodes/ml-camera/digest-auth');
@@ -36,14 +36,6 @@ function recorder(id) {
   const got = [];
   helper.getNode(id).on('input', (m) => got.push({ ...m, receivedAt: Date.now() }));
   return got;
-}
-
-async function until(predicate, timeoutMs, what) {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
 }
 
 // ---- pure parts -------------------------------------------------------------------------------
