@@ -324,6 +324,42 @@ test('RTSP: wrong credentials and a missing ffmpeg are catchable errors that say
   }
 });
 
+/** GStreamer's RTSP server: RTP over the RTSP TCP connection as well as UDP, basic authentication. */
+async function gstreamerCamera(user, password) {
+  const port = await freePort();
+  const child = require('child_process').spawn('/usr/bin/python3', [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), user, password], { stdio: ['ignore', 'pipe', 'ignore'] });
+  await new Promise((resolve, reject) => {
+    child.stdout.once('data', resolve);
+    child.once('exit', (code) => reject(new Error(`the GStreamer RTSP camera exited with ${code}`)));
+  });
+  return {
+    url: `rtsp://127.0.0.1:${port}/cam`,
+    close: () => new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.once('exit', resolve);
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+test('RTSP over TCP (interleaved, as IP cameras are mostly used): frames arrive through the credentials file; a wrong password says so', async () => {
+  const camera = await gstreamerCamera('operator', 'tcp-S3cret');
+  try {
+    await cameraFlow({ source: camera.url, transport: 'tcp', interval: 250, watchdog: 5000 }, { user: 'operator', password: 'tcp-S3cret' });
+    const out = recorder('out');
+    await until(() => out.length >= 4, 15_000, 'RTSP-over-TCP frames');
+    assert.deepEqual([out[0].frame.width, out[0].frame.height], [320, 240]);
+    assert.equal(out[0].frame.source, 'rtsp');
+    assert.equal(ffmpegProcesses('-rtsp_transport tcp').length, 0, 'the transport goes in the private file, with the credentials');
+    await helper.unload();
+    await cameraFlow({ source: camera.url, transport: 'tcp' }, { user: 'operator', password: 'wrong' });
+    const caught = await nextMessage(helper.getNode('errors'), 15_000);
+    assert.match(caught.error.message, /the camera refused the user name or password \(401\)/);
+  } finally {
+    await camera.close();
+  }
+});
+
 test('RTSP: 100 redeploys leave no ffmpeg process behind', async () => {
   const camera = await rtspCamera();
   try {
