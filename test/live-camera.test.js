@@ -8,7 +8,7 @@ const fs = require('fs');
 const http = require('http');
 const path = require('path');
 const { node, coreNode, redHelper, loadFlow, validationPhotos, freePort, nextMessage, sleep, until } = require('./helpers');
-const { buildFfmpegArgs, explainFfmpegError } = require('../nodes/ml-camera/live-sources');
+const { buildFfmpegArgs, explainFfmpegError, liveFps } = require('../nodes/ml-camera/live-sources');
 const { MultipartJpegParser, multipartBoundary } = require('../nodes/ml-camera/multipart');
 const { parseDigestChallenge, digestAuthorization } = require('../nodes/ml-camera/digest-auth');
 const { detectSourceType } = require('../nodes/ml-camera/sources');
@@ -75,6 +75,15 @@ test('source detection covers live URLs and devices', async () => {
   assert.equal(await detectSourceType('http://cam/video.mjpg'), 'mjpeg');
   assert.equal(await detectSourceType('http://cam/axis-cgi/mjpg/video.cgi'), 'mjpeg');
   assert.equal(await detectSourceType('http://cam/snapshot.jpg'), 'url');
+});
+
+test('live sources decode at twice the emission rate unless capped explicitly', () => {
+  assert.equal(liveFps(1000, 0), 2);
+  assert.equal(liveFps(250, 0), 8);
+  assert.equal(liveFps(10, 0), 30);
+  assert.equal(liveFps(60_000, 0), 1);
+  assert.equal(liveFps(0, 0), 5);
+  assert.equal(liveFps(1000, 12), 12);
 });
 
 test('the V4L2 command asks for the size, pixel format and a capped frame rate', () => {
@@ -279,8 +288,11 @@ test('RTSP: frames arrive at the configured rate, credentials stay out of the pr
     assert.equal(decoders.length, 1, 'one decoding ffmpeg');
     assert.doesNotMatch(decoders[0], /rtsp-S3cret|operator/, 'no credentials in the process list');
     assert.match(decoders[0], /fps=8/, 'decoding is capped at twice the emission rate');
-    const tmpScripts = fs.readdirSync(require('os').tmpdir()).filter((d) => d.startsWith('ml-camera-'));
-    assert.equal(tmpScripts.length, 0, 'the credentials file is removed once ffmpeg has opened it');
+    const script = decoders[0].split('\0')[decoders[0].split('\0').indexOf('-i') + 1];
+    assert.match(script, /ml-camera-.*input\.ffconcat$/, 'ffmpeg reads the input from the private file');
+    assert.ok(!fs.existsSync(script), 'the credentials file is removed once ffmpeg has opened it');
+    await helper.unload();
+    assert.deepEqual(fs.readdirSync(require('os').tmpdir()).filter((d) => d.startsWith('ml-camera-')), [], 'nothing is left after closing');
   } finally {
     await camera.close();
   }

@@ -27,6 +27,13 @@ export interface LiveOptions {
 
 export type LiveState = 'connecting' | 'online' | 'offline' | 'stopped';
 
+/** Decoded frames per second for live sources: twice the emission rate, so a frame is never older than half an interval. */
+export function liveFps(intervalMs: number, maxFps: number): number {
+  if (maxFps > 0) return maxFps;
+  if (intervalMs <= 0) return 5;
+  return Math.min(30, Math.max(1, Math.round((2000 / intervalMs) * 100) / 100));
+}
+
 /**
  * Latest-frame store, watchdog and reconnect loop shared by every live source. Events:
  * 'online', 'offline' (reason), 'problem' (Error, once per distinct reason), 'frame'.
@@ -322,8 +329,10 @@ export class FfmpegSource extends LiveSource {
     return this.child?.pid;
   }
 
+  private launching?: Promise<void>;
+
   protected connect(): void {
-    this.launch().catch((err) => this.failed(`${this.origin}: ${(err as Error).message}`));
+    this.launching = this.launch().catch((err) => this.failed(`${this.origin}: ${(err as Error).message}`));
   }
 
   private async launch(): Promise<void> {
@@ -379,13 +388,14 @@ export class FfmpegSource extends LiveSource {
     return out;
   }
 
-  private removeScript(): void {
+  private async removeScript(): Promise<void> {
     const dir = this.scriptDir;
     this.scriptDir = undefined;
-    if (dir) fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    if (dir) await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
   }
 
   protected async disconnect(): Promise<void> {
+    await this.launching; // a launch half-way through must finish (or see the stop) before we clean up
     const child = this.child;
     const exited = this.exited;
     this.child = undefined;
@@ -397,6 +407,6 @@ export class FfmpegSource extends LiveSource {
     } else if (exited) {
       await exited;
     }
-    this.removeScript();
+    await this.removeScript(); // awaited: closing must not leave the credentials file behind
   }
 }

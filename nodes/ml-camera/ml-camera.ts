@@ -2,19 +2,15 @@
 import sharp from 'sharp';
 import { RateMeter } from '../lib/frame-queue';
 import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, textSetting } from '../lib/red-types';
-import { FfmpegSource, LiveOptions, LiveSource, MjpegSource } from './live-sources';
+import { FfmpegSource, liveFps, LiveOptions, LiveSource, MjpegSource } from './live-sources';
 import {
   detectSourceType, FileSource, FolderSource, FrameSource, looksLikeMjpeg, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
 } from './sources';
 
-/** Decoded frames per second for live sources: twice the emission rate, so a frame is never older than half an interval. */
-export function liveFps(intervalMs: number, maxFps: number): number {
-  if (maxFps > 0) return maxFps;
-  if (intervalMs <= 0) return 5;
-  return Math.min(30, Math.max(1, Math.round((2000 / intervalMs) * 100) / 100));
-}
+/** A tick or trigger that found the previous capture still running (a deliberate skip, not a fault). */
+class CaptureBusy extends Error {}
 
-export interface FrameInfo {
+interface FrameInfo {
   camera: string;
   seq: number;
   capturedAt: string;
@@ -161,7 +157,7 @@ module.exports = function (RED: NodeAPI) {
     async function tick(trigger?: NodeMessage, send: (m: (NodeMessage | null)[]) => void = (m) => node.send(m)): Promise<void> {
       if (capturing) {
         skipped++;
-        throw new Error('busy');
+        throw new CaptureBusy('a capture is in progress');
       }
       capturing = true;
       try {
@@ -187,7 +183,7 @@ module.exports = function (RED: NodeAPI) {
       running = true;
       timer = setInterval(() => {
         tick().catch((err) => {
-          if (errorMessage(err) === 'busy') return;
+          if (err instanceof CaptureBusy) return;
           node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 70) });
           node.error(errorMessage(err), {});
         });
@@ -221,7 +217,7 @@ module.exports = function (RED: NodeAPI) {
         await tick(msg, send);
         done();
       } catch (err) {
-        if (errorMessage(err) === 'busy') return done(); // deliberate drop: a capture is in progress
+        if (err instanceof CaptureBusy) return done(); // deliberate drop
         node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 70) });
         done(err as Error);
       }
