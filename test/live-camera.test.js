@@ -122,7 +122,7 @@ test('ffmpeg errors are turned into what to fix', () => {
 /** An MJPEG camera: multipart frames at `fps`, digest auth, and switches to stall or stop. */
 async function mjpegCamera({ port, fps = 20, user = 'viewer', password = 'pw' } = {}) {
   port = port ?? (await freePort());
-  const state = { sent: 0, stalled: false, lastFrames: [] };
+  const state = { sent: 0, stalled: false, sentAt: new Map() };
   const nonce = crypto.randomBytes(8).toString('hex');
   const md5 = (s) => crypto.createHash('md5').update(s).digest('hex');
   const sockets = new Set();
@@ -137,8 +137,10 @@ async function mjpegCamera({ port, fps = 20, user = 'viewer', password = 'pw' } 
     res.writeHead(200, { 'Content-Type': 'multipart/x-mixed-replace; boundary=myboundary' });
     const timer = setInterval(() => {
       if (state.stalled) return; // a stalled camera keeps the connection open and sends nothing
-      const jpeg = frames[state.sent++ % frames.length];
-      state.lastFrames = [jpeg, ...state.lastFrames].slice(0, 3);
+      // Each frame is a photo with its number after the JPEG end marker (decoders ignore it).
+      const number = ++state.sent;
+      const jpeg = Buffer.concat([frames[number % frames.length], Buffer.from(`#${number}`)]);
+      state.sentAt.set(number, Date.now());
       res.write(`--myboundary\r\nContent-Type: image/jpeg\r\nContent-Length: ${jpeg.length}\r\n\r\n`);
       res.write(jpeg);
       res.write('\r\n');
@@ -168,7 +170,12 @@ test('MJPEG: the latest frame is emitted at the configured rate, through digest 
     const last = out[out.length - 1];
     assert.equal(last.frame.source, 'mjpeg');
     assert.equal(last.frame.origin, camera.url);
-    assert.ok(camera.state.lastFrames.some((f) => f.equals(last.payload)), 'the emitted frame is one of the newest the camera sent');
+    // Latest-frame semantics: each emitted frame was sent by the camera moments before, never a backlog.
+    for (const m of out.slice(1)) {
+      const number = Number(/#(\d+)$/.exec(m.payload.toString('latin1'))[1]);
+      const age = m.receivedAt - camera.state.sentAt.get(number);
+      assert.ok(age < 250, `frame #${number} was ${age} ms old when emitted`);
+    }
     assert.ok(camera.state.sent > out.length * 3, 'the camera sends far more frames than are emitted; the rest are dropped, not queued');
     assert.equal(events[0].payload.event, 'online');
     assert.equal(events[0].payload.camera, 'live1');
