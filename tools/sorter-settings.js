@@ -11,6 +11,8 @@ module.exports = {
   userDir: process.env.SORTER_USER_DIR || path.resolve(__dirname, '..', '.node-red-data'),
   logging: { console: { level: process.env.NODE_RED_LOG_LEVEL || 'info', metrics: false, audit: false } },
   editorTheme: { projects: { enabled: false }, tours: false },
+  // No calls home from a plant floor; users can opt in from the editor's settings.
+  telemetry: { enabled: false },
   functionExternalModules: false,
   externalModules: { autoInstall: false, palette: { allowInstall: false } },
 };

@@ -16,5 +16,7 @@ module.exports = {
   disableEditor: !editor,
   logging: { console: { level: process.env.NODE_RED_LOG_LEVEL || 'info', metrics: false, audit: false } },
   editorTheme: { projects: { enabled: false }, tours: false },
+  // No calls home from a plant floor; users can opt in from the editor's settings.
+  telemetry: { enabled: false },
   externalModules: { autoInstall: false, palette: { allowInstall: false } },
 };
