@@ -6,7 +6,7 @@ const assert = require('node:assert/strict');
 const { spawn, execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { tmpDir, validationPhotos, sleep } = require('./helpers');
+const { tmpDir, validationPhotos, sleep, killOnExit } = require('./helpers');
 const { build } = require('../tools/build-component');
 const { FakeNucleusIpc } = require('./fixtures/ipc-server');
 
@@ -19,7 +19,7 @@ function substitute(text, vars) {
 }
 
 function runScript(script, cwd, env) {
-  const child = spawn('sh', ['-c', script], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = killOnExit(spawn('sh', ['-c', script], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] }));
   let output = '';
   child.stdout.on('data', (d) => { output += d; });
   child.stderr.on('data', (d) => { output += d; });

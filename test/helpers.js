@@ -61,6 +61,14 @@ function freePort() {
   });
 }
 
+/** Servers a test starts die with the test process, even when a failed test never closes them. */
+function killOnExit(child) {
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  child.once('exit', () => process.removeListener('exit', kill));
+  return child;
+}
+
 /** In-process MQTT 3.1.1 broker (aedes) on loopback. */
 async function startAedes(port, options = {}) {
   const { Aedes } = await import('aedes');
@@ -105,7 +113,7 @@ async function startMosquitto({ port, listener, dir } = {}) {
   fs.writeFileSync(conf, user + (listener
     ? `${listener(port)}\npersistence true\npersistence_location ${dir}/\nautosave_interval 1\n`
     : `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`));
-  const child = spawn(binary, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = killOnExit(spawn(binary, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] }));
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
   const deadline = Date.now() + 5000;
@@ -188,5 +196,5 @@ async function until(predicate, timeoutMs, what) {
 
 module.exports = {
   ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
-  startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until,
+  startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until, killOnExit,
 };

@@ -7,7 +7,7 @@ const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
-const { node, coreNode, redHelper, loadFlow, validationPhotos, freePort, nextMessage, sleep, until } = require('./helpers');
+const { node, coreNode, redHelper, loadFlow, validationPhotos, freePort, nextMessage, sleep, until, killOnExit } = require('./helpers');
 const { buildFfmpegArgs, explainFfmpegError, liveFps } = require('../nodes/ml-camera/live-sources');
 const { MultipartJpegParser, multipartBoundary } = require('../nodes/ml-camera/multipart');
 const { parseDigestChallenge, digestAuthorization } = require('../nodes/ml-camera/digest-auth');
@@ -245,7 +245,7 @@ async function rtspCamera({ publishPort, clientPort, user, password } = {}) {
   publishPort = publishPort ?? (await freePort());
   clientPort = clientPort ?? (await freePort());
   const rtpStart = 20000 + 2 * Math.floor(Math.random() * 10000);
-  const child = fork(path.join(__dirname, 'fixtures', 'rtsp-camera.js'), [publishPort, clientPort, rtpStart, user ?? '', password ?? ''].filter((a, i) => i < 3 || a), { stdio: 'ignore' });
+  const child = killOnExit(fork(path.join(__dirname, 'fixtures', 'rtsp-camera.js'), [publishPort, clientPort, rtpStart, user ?? '', password ?? ''].filter((a, i) => i < 3 || a), { stdio: 'ignore' }));
   await new Promise((resolve, reject) => {
     child.once('message', resolve);
     child.once('exit', (code) => reject(new Error(`rtsp camera exited with ${code}`)));
@@ -346,7 +346,7 @@ test('RTSP: wrong credentials and a missing ffmpeg are catchable errors that say
 /** GStreamer's RTSP server: RTP over the RTSP TCP connection as well as UDP, basic authentication. */
 async function gstreamerCamera(user, password) {
   const port = await freePort();
-  const child = require('child_process').spawn('/usr/bin/python3', [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), user, password], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = killOnExit(require('child_process').spawn('/usr/bin/python3', [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), user, password], { stdio: ['ignore', 'pipe', 'ignore'] }));
   await new Promise((resolve, reject) => {
     child.stdout.once('data', resolve);
     child.once('exit', (code) => reject(new Error(`the GStreamer RTSP camera exited with ${code}`)));

@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const { execFileSync, spawn } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, tmpDir, freePort, sleep } = require('./helpers');
+const { ROOT, tmpDir, freePort, sleep, killOnExit } = require('./helpers');
 
 const CONFIG_TYPES = ['ml-model', 'greengrass-connection'];
 const TYPES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-route', 'greengrass-connection', 'greengrass-publish'];
@@ -83,9 +83,9 @@ test('npm pack installs offline into a Node-RED user directory; every node type 
 
   const port = await freePort();
   let log = '';
-  const red = spawn(process.execPath, [require.resolve('node-red/red.js'), '--userDir', userDir, '--port', String(port)], {
+  const red = killOnExit(spawn(process.execPath, [require.resolve('node-red/red.js'), '--userDir', userDir, '--port', String(port)], {
     env: { ...process.env, MQTT_URL: `mqtt://127.0.0.1:${await freePort()}`, SORTER_REVIEW_DIR: path.join(work, 'review') },
-  });
+  }));
   red.stdout.on('data', (d) => { log += d; });
   red.stderr.on('data', (d) => { log += d; });
   const base = `http://127.0.0.1:${port}`;
