@@ -3,7 +3,7 @@ const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, startMosquitto, collect } = require('./helpers');
+const { ROOT, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, startMosquitto, collect, until } = require('./helpers');
 
 const helper = redHelper();
 const nodes = [
@@ -51,8 +51,11 @@ test('the sorter flow classifies real photos and publishes results and bin decis
     }
     assert.ok(right / results.length >= 0.7, `right bin for ${right} of ${results.length} photos`);
 
-    const diverts = sub.messages.filter((m) => m.topic === 'recycling/belt1/divert').map((m) => JSON.parse(m.payload));
-    assert.ok(diverts.length >= results.length);
+    // Results and decisions are two publishes per frame: wait for the decisions of the same frames.
+    const isDivert = (m) => m.topic === 'recycling/belt1/divert' && JSON.parse(m.payload).seq <= total;
+    await sub.waitFor(results.length, 15_000, isDivert);
+    const diverts = sub.messages.filter(isDivert).map((m) => JSON.parse(m.payload));
+    assert.ok(diverts.length >= results.length, `${diverts.length} decisions for ${results.length} results`);
     const bySeq = new Map(results.map((r) => [r.seq, r]));
     for (const d of diverts.filter((x) => bySeq.has(x.seq))) {
       assert.equal(d.bin, bySeq.get(d.seq).bin);
@@ -60,7 +63,9 @@ test('the sorter flow classifies real photos and publishes results and bin decis
     }
 
     const reviewed = results.filter((r) => r.bin === 'review');
-    const saved = fs.existsSync(reviewDir) ? fs.readdirSync(reviewDir, { recursive: true }).filter((f) => f.endsWith('.jpg')) : [];
+    const savedFrames = () => (fs.existsSync(reviewDir) ? fs.readdirSync(reviewDir, { recursive: true }).filter((f) => f.endsWith('.jpg')) : []);
+    await until(() => savedFrames().length >= reviewed.length, 10_000, 'the uncertain frames on disk').catch(() => undefined);
+    const saved = savedFrames();
     assert.ok(saved.length >= reviewed.length, `${reviewed.length} uncertain frames, ${saved.length} saved for retraining`);
     console.log(`# sorter flow: ${results.length} results, right bin ${right}, review ${reviewed.length}, saved ${saved.length}`);
   } finally {
