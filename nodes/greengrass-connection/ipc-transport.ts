@@ -4,6 +4,7 @@
  */
 import { EventEmitter } from 'events';
 import { greengrasscoreipc, io } from 'aws-iot-device-sdk-v2';
+import { Backoff } from '../lib/backoff';
 import type { ConnectionState } from './mqtt-transport';
 
 export const SOCKET_ENV = 'AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT';
@@ -30,7 +31,7 @@ export class IpcTransport extends EventEmitter {
   readonly description: string;
   private client?: greengrasscoreipc.Client;
   private retryTimer?: NodeJS.Timeout;
-  private backoffMs = 500;
+  private readonly backoff = new Backoff(500, 15_000);
   private stopped = true;
 
   constructor(private readonly socketPath = process.env[SOCKET_ENV] ?? '', private readonly token = process.env[TOKEN_ENV] ?? '') {
@@ -70,7 +71,7 @@ export class IpcTransport extends EventEmitter {
     client.connect().then(
       () => {
         if (this.client !== client) return;
-        this.backoffMs = 500;
+        this.backoff.reset();
         this.lastError = undefined;
         this.setState('connected');
       },
@@ -90,8 +91,7 @@ export class IpcTransport extends EventEmitter {
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.connect();
-    }, this.backoffMs);
-    this.backoffMs = Math.min(this.backoffMs * 1.5, 15_000);
+    }, this.backoff.next());
   }
 
   async publish(topic: string, payload: Buffer | string, qos: 0 | 1, destination: IpcDestination = 'local'): Promise<void> {

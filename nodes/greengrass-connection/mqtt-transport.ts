@@ -1,6 +1,7 @@
 /** MQTT 5 publishing through aws-iot-device-sdk-v2 (AWS IoT Core, the Greengrass local broker, any broker). */
 import { EventEmitter } from 'events';
 import { io, mqtt, mqtt5 } from 'aws-iot-device-sdk-v2';
+import { Backoff } from '../lib/backoff';
 
 export interface MqttOptions {
   url: string;
@@ -207,7 +208,7 @@ class Mqtt5Adapter implements ClientAdapter {
 class Mqtt311Adapter implements ClientAdapter {
   private readonly connection: mqtt.MqttClientConnection;
   private retryTimer?: NodeJS.Timeout;
-  private retryDelayMs = 500;
+  private readonly backoff = new Backoff(500, 30_000, 2);
   private stopped = false;
 
   constructor(options: MqttOptions, address: BrokerAddress, tlsCtx: io.ClientTlsContext | undefined, private readonly onState: StateListener) {
@@ -229,7 +230,7 @@ class Mqtt311Adapter implements ClientAdapter {
     if (options.password) config.password = options.password;
     this.connection = new mqtt.MqttClient().new_connection(config);
     this.connection.on('connection_success', () => {
-      this.retryDelayMs = 500;
+      this.backoff.reset();
       onState('connected');
     });
     this.connection.on('resume', () => onState('connected'));
@@ -244,8 +245,7 @@ class Mqtt311Adapter implements ClientAdapter {
     this.connection.connect().catch((err: unknown) => {
       this.onState('disconnected', describeCrtError(err));
       if (this.stopped) return;
-      this.retryTimer = setTimeout(() => this.start(), this.retryDelayMs);
-      this.retryDelayMs = Math.min(this.retryDelayMs * 2, 30_000);
+      this.retryTimer = setTimeout(() => this.start(), this.backoff.next());
     });
   }
 

@@ -59,7 +59,7 @@ export async function imageToTensor(image: Buffer, spec: PreprocessSpec): Promis
     sourceHeight = (swap ? meta.width : meta.height) ?? 0;
     if (!sourceWidth || !sourceHeight) throw new Error('image has no size');
   } catch (err) {
-    throw new Error(`msg.payload is not a decodable image (${(err as Error).message}); expected JPEG, PNG or WebP bytes`);
+    throw undecodable(err);
   }
   if (spec.roi) {
     const left = Math.round(spec.roi.x * sourceWidth);
@@ -79,7 +79,7 @@ export async function imageToTensor(image: Buffer, spec: PreprocessSpec): Promis
   try {
     ({ data: pixels, info } = await pipeline.raw().toBuffer({ resolveWithObject: true }));
   } catch (err) {
-    throw new Error(`msg.payload is not a decodable image (${(err as Error).message}); expected JPEG, PNG or WebP bytes`);
+    throw undecodable(err);
   }
   if (info.channels !== 3) {
     // Grey images stay single-band in some libvips paths; widen to RGB.
@@ -90,6 +90,10 @@ export async function imageToTensor(image: Buffer, spec: PreprocessSpec): Promis
   }
   const tensor = pixelsToTensor(pixels, info.width, info.height, spec);
   return { tensor, sourceWidth, sourceHeight, ms: performance.now() - started };
+}
+
+function undecodable(err: unknown): Error {
+  return new Error(`msg.payload is not a decodable image (${(err as Error).message}); expected JPEG, PNG or WebP bytes`);
 }
 
 export function describeValue(value: unknown): string {

@@ -10,10 +10,11 @@ import * as http from 'http';
 import * as https from 'https';
 import * as os from 'os';
 import * as path from 'path';
+import { Backoff } from '../lib/backoff';
 import { digestAuthorization, parseDigestChallenge } from './digest-auth';
 import { MultipartJpegParser, multipartBoundary } from './multipart';
 import type { FrameSource, RawFrame, SourceType } from './sources';
-import { redactUrl } from './sources';
+import { basicAuthorization, cameraEndpoint, connectionHint, redactUrl } from './sources';
 
 export interface LiveOptions {
   /** No frame for this long means the camera is offline. */
@@ -47,14 +48,14 @@ export abstract class LiveSource extends EventEmitter implements FrameSource {
   private lastTaken = 0;
   private lastFrameAt = 0;
   private attemptStartedAt = 0;
-  private backoffMs: number;
+  private readonly backoff: Backoff;
   private retryTimer?: NodeJS.Timeout;
   private watchdog?: NodeJS.Timeout;
   private lastProblem?: string;
 
   constructor(protected readonly options: LiveOptions) {
     super();
-    this.backoffMs = options.minBackoffMs;
+    this.backoff = new Backoff(options.minBackoffMs, options.maxBackoffMs);
   }
 
   /** Starts connecting and keeps the source alive until close(). */
@@ -109,7 +110,7 @@ export abstract class LiveSource extends EventEmitter implements FrameSource {
     this.latest = { image, origin, seq: (this.latest?.seq ?? 0) + 1 };
     if (this.state !== 'online') {
       this.state = 'online';
-      this.backoffMs = this.options.minBackoffMs;
+      this.backoff.reset();
       this.lastProblem = undefined;
       this.emit('online');
     }
@@ -126,8 +127,7 @@ export abstract class LiveSource extends EventEmitter implements FrameSource {
       this.lastProblem = reason;
       this.emit('problem', new Error(reason));
     }
-    const wait = this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 1.5, this.options.maxBackoffMs);
+    const wait = this.backoff.next();
     this.disconnect().finally(() => {
       if (this.state === 'stopped') return;
       this.retryTimer = setTimeout(() => {
@@ -167,24 +167,24 @@ export class MjpegSource extends LiveSource {
   private request?: http.ClientRequest;
   private digestNonceCount = 0;
 
-  constructor(url: string, options: LiveOptions) {
+  private readonly username?: string;
+  private readonly password: string;
+
+  constructor(address: string, options: LiveOptions) {
     super(options);
-    this.url = new URL(url);
-    if (this.url.username && !options.username) {
-      this.options.username = decodeURIComponent(this.url.username);
-      this.options.password = decodeURIComponent(this.url.password);
-    }
-    this.url.username = '';
-    this.url.password = '';
-    this.origin = this.url.toString();
+    const endpoint = cameraEndpoint(address, options.username, options.password);
+    this.url = endpoint.url;
+    this.origin = endpoint.origin;
+    this.username = endpoint.username;
+    this.password = endpoint.password ?? '';
   }
 
   protected connect(authorization?: string): void {
     const client = this.url.protocol === 'https:' ? https : http;
     const headers: Record<string, string> = { Accept: 'multipart/x-mixed-replace, image/jpeg' };
-    const { username, password = '' } = this.options;
+    const { username, password } = this;
     if (authorization) headers.Authorization = authorization;
-    else if (username) headers.Authorization = 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64');
+    else if (username) headers.Authorization = basicAuthorization(username, password);
     const req = client.get(this.url, { headers, timeout: this.options.watchdogMs }, (res) => {
       req.setTimeout(0); // from here on the watchdog judges silence, and names it a stall
       const status = res.statusCode ?? 0;
@@ -219,10 +219,7 @@ export class MjpegSource extends LiveSource {
       res.on('error', (err) => this.failed(`MJPEG stream ${this.origin}: ${err.message === 'aborted' ? 'the camera closed the stream' : err.message}`));
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${this.options.watchdogMs} ms`)));
-    req.on('error', (err: NodeJS.ErrnoException) => {
-      const hint = err.code === 'ECONNREFUSED' ? ' (nothing listens there: is the camera on and the port right?)' : err.code === 'ENOTFOUND' ? ' (unknown host name)' : '';
-      this.failed(`MJPEG stream ${this.origin}: ${err.message}${hint}`);
-    });
+    req.on('error', (err: NodeJS.ErrnoException) => this.failed(`MJPEG stream ${this.origin}: ${err.message}${connectionHint(err)}`));
     this.request = req;
   }
 

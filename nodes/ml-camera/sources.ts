@@ -154,6 +154,40 @@ export class FileSource implements FrameSource {
   close(): void {}
 }
 
+export interface CameraEndpoint {
+  url: URL;
+  /** The URL without credentials, for msg.frame.origin and messages. */
+  origin: string;
+  username?: string;
+  password?: string;
+}
+
+/**
+ * Credentials may come in the URL or from the node's credentials (which win); either way they move
+ * to an Authorization header and never appear in msg.frame.origin.
+ */
+export function cameraEndpoint(address: string, username?: string, password?: string): CameraEndpoint {
+  const url = new URL(address);
+  if (url.username && !username) {
+    username = decodeURIComponent(url.username);
+    password = decodeURIComponent(url.password);
+  }
+  url.username = '';
+  url.password = '';
+  return { url, origin: url.toString(), username, password };
+}
+
+export function basicAuthorization(username: string, password = ''): string {
+  return 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64');
+}
+
+/** What to check when an HTTP camera cannot be reached. */
+export function connectionHint(err: NodeJS.ErrnoException): string {
+  if (err.code === 'ECONNREFUSED') return ' (nothing listens there: is the camera on and the port right?)';
+  if (err.code === 'ENOTFOUND') return ' (unknown host name)';
+  return '';
+}
+
 export interface SnapshotOptions {
   username?: string;
   password?: string;
@@ -165,26 +199,21 @@ export class SnapshotSource implements FrameSource {
   private readonly agent: http.Agent;
   private readonly url: URL;
   private readonly origin: string;
+  private readonly authorization?: string;
   private readonly requests = new Set<http.ClientRequest>();
 
-  constructor(url: string, private readonly options: SnapshotOptions) {
-    this.url = new URL(url);
-    // Credentials may come in the URL; they move to a header and never appear in msg.frame.origin.
-    if (this.url.username && !options.username) {
-      this.options = { ...options, username: decodeURIComponent(this.url.username), password: decodeURIComponent(this.url.password) };
-    }
-    this.url.username = '';
-    this.url.password = '';
-    this.origin = this.url.toString();
+  constructor(address: string, private readonly options: SnapshotOptions) {
+    const endpoint = cameraEndpoint(address, options.username, options.password);
+    this.url = endpoint.url;
+    this.origin = endpoint.origin;
+    if (endpoint.username) this.authorization = basicAuthorization(endpoint.username, endpoint.password);
     this.agent = this.url.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets: 1 }) : new http.Agent({ keepAlive: true, maxSockets: 1 });
   }
 
   next(): Promise<RawFrame> {
     const client = this.url.protocol === 'https:' ? https : http;
     const headers: Record<string, string> = { Accept: 'image/jpeg, image/*' };
-    if (this.options.username) {
-      headers.Authorization = 'Basic ' + Buffer.from(`${this.options.username}:${this.options.password ?? ''}`).toString('base64');
-    }
+    if (this.authorization) headers.Authorization = this.authorization;
     return new Promise((resolve, reject) => {
       const req = client.get(this.url, { agent: this.agent, headers, timeout: this.options.timeoutMs }, (res) => {
         const status = res.statusCode ?? 0;
@@ -208,10 +237,7 @@ export class SnapshotSource implements FrameSource {
       });
       this.requests.add(req);
       req.on('timeout', () => req.destroy(new Error(`snapshot ${this.origin} did not answer within ${this.options.timeoutMs} ms`)));
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        const hint = err.code === 'ECONNREFUSED' ? ' (nothing listens there: is the camera on and the port right?)' : err.code === 'ENOTFOUND' ? ' (unknown host name)' : '';
-        reject(new Error(`snapshot ${this.origin} failed: ${err.message}${hint}`));
-      });
+      req.on('error', (err: NodeJS.ErrnoException) => reject(new Error(`snapshot ${this.origin} failed: ${err.message}${connectionHint(err)}`)));
       req.on('close', () => this.requests.delete(req));
     });
   }

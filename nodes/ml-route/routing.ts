@@ -1,4 +1,5 @@
 /** Routing rules for ml-route: class sets -> outputs with thresholds, optional N-frame agreement. */
+import { textSetting } from '../lib/red-types';
 
 export interface RouteRule {
   /** Name of the destination (the bin), reported on msg.route.bin. */
@@ -35,7 +36,7 @@ export function validateRules(raw: unknown, defaultThreshold = 0.6): RouteRule[]
     const labels = (Array.isArray(rule.labels) ? rule.labels : String(rule.labels ?? '').split(','))
       .map((l) => String(l).trim())
       .filter(Boolean);
-    const given = typeof rule.threshold === 'string' ? rule.threshold.trim().replace(/^\$\{[^}]+\}$/, '') : rule.threshold;
+    const given = typeof rule.threshold === 'string' ? textSetting(rule.threshold) : rule.threshold;
     const threshold = given === undefined || given === null || given === '' ? defaultThreshold : Number(given);
     if (!labels.length) throw new Error(`rule ${i + 1} names no class`);
     if (!Number.isFinite(threshold) || threshold < 0 || threshold > 1) {
