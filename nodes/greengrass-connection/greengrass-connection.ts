@@ -6,6 +6,7 @@
  */
 import { EventEmitter } from 'events';
 import * as path from 'path';
+import { shareAmongUsers, SharedResourceNode } from '../lib/shared-resource';
 import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 import { chooseTransport, IpcDestination, IpcTransport } from './ipc-transport';
 import { ConnectionState, DEFAULT_BROKER_URL, MqttTransport, parseProtocol } from './mqtt-transport';
@@ -13,7 +14,7 @@ import { DiskSpool, SpoolDrainer } from './spool';
 
 export type Outcome = 'sent' | 'queued';
 
-export interface GreengrassConnectionNode extends Node {
+export interface GreengrassConnectionNode extends SharedResourceNode {
   readonly events: EventEmitter;
   readonly description: string;
   readonly transportName: 'ipc' | 'mqtt';
@@ -21,8 +22,6 @@ export interface GreengrassConnectionNode extends Node {
   lastError?: string;
   /** Results waiting in the spool. */
   queued: number;
-  register(user: Node): void;
-  deregister(user: Node, done: () => void): void;
   /** Sends now, or (with the spool) stores durably and sends in order when the link is up. */
   publish(topic: string, payload: Buffer | string, qos: 0 | 1, destination?: IpcDestination): Promise<Outcome>;
 }
@@ -35,7 +34,6 @@ module.exports = function (RED: NodeAPI) {
     const node = this;
     const events = new EventEmitter();
     events.setMaxListeners(0);
-    const users = new Set<string>();
     const userDir = RED.settings.userDir || process.cwd();
     const resolveFile = (f: unknown) => {
       const value = textSetting(f);
@@ -131,16 +129,7 @@ module.exports = function (RED: NodeAPI) {
       if (transport) await transport.stop();
     }
 
-    node.register = (user: Node) => {
-      users.add(user.id);
-      if (users.size === 1) start();
-    };
-
-    node.deregister = (user: Node, done: () => void) => {
-      users.delete(user.id);
-      if (users.size === 0) stop().then(done, done);
-      else done();
-    };
+    shareAmongUsers(node, start, stop);
 
     node.publish = async (topic, payload, qos, destination) => {
       if (configError || !transport) throw new Error(`connection settings are invalid: ${configError}`);
@@ -152,11 +141,6 @@ module.exports = function (RED: NodeAPI) {
       await drainer.submit({ topic, payload, qos, destination, at: Date.now() });
       return isUp() && node.queued <= 1 ? 'sent' : 'queued';
     };
-
-    node.on('close', (_removed: boolean, done: () => void) => {
-      users.clear();
-      stop().then(done, done);
-    });
   }
 
   RED.nodes.registerType('greengrass-connection', GreengrassConnection as unknown as (this: Node, def: NodeDef) => void, {

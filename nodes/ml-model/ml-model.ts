@@ -6,6 +6,7 @@
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import { ModelInfo, ModelRunner, RunResult } from '../lib/model-runner';
+import { shareAmongUsers, SharedResourceNode } from '../lib/shared-resource';
 import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 import { TensorValue } from '../lib/tensor';
 import type { SessionOptions } from '../lib/worker-protocol';
@@ -13,13 +14,11 @@ import { parseLabelList, readLabelsFile, resolveModelPath } from './model-config
 
 export type ModelState = 'idle' | 'loading' | 'ready' | 'error';
 
-export interface MlModelNode extends Node {
+export interface MlModelNode extends SharedResourceNode {
   readonly events: EventEmitter;
   state: ModelState;
   lastError?: string;
   modelPath: string;
-  register(user: Node): void;
-  deregister(user: Node, done: () => void): void;
   /** Resolves with the loaded model, or rejects with why it cannot be used. */
   ready(): Promise<LoadedModel>;
   run(feeds: Record<string, TensorValue>): Promise<RunResult>;
@@ -43,7 +42,6 @@ module.exports = function (RED: NodeAPI) {
     const node = this;
     const events = new EventEmitter();
     events.setMaxListeners(0);
-    const users = new Set<string>();
     const labelSource = String(config.labelSource || 'metadata');
     const watch = config.watch !== false;
     let runner: ModelRunner | undefined;
@@ -136,6 +134,7 @@ module.exports = function (RED: NodeAPI) {
     }
 
     function start() {
+      if (runner) return;
       runner = new ModelRunner(node.modelPath, sessionOptions);
       runner.on('crashed', (err: Error) => {
         node.error(`${err.message}; reloading the model`);
@@ -161,16 +160,7 @@ module.exports = function (RED: NodeAPI) {
       if (closing) await closing.close();
     }
 
-    node.register = (user: Node) => {
-      users.add(user.id);
-      if (users.size === 1 && !runner) start();
-    };
-
-    node.deregister = (user: Node, done: () => void) => {
-      users.delete(user.id);
-      if (users.size === 0) stop().then(done, done);
-      else done();
-    };
+    shareAmongUsers(node, start, stop);
 
     node.ready = () => loading ?? Promise.reject(new Error('model is not in use by any node'));
 
@@ -179,11 +169,6 @@ module.exports = function (RED: NodeAPI) {
       await node.ready();
       return runner.run(feeds);
     };
-
-    node.on('close', (_removed: boolean, done: () => void) => {
-      users.clear();
-      stop().then(done, done);
-    });
   }
 
   RED.nodes.registerType('ml-model', MlModel as unknown as (this: Node, def: NodeDef) => void);
