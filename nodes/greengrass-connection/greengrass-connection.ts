@@ -2,19 +2,38 @@
  * greengrass-connection config node: one transport shared by every greengrass-publish node:
  * Greengrass IPC (local pub/sub and IoT Core through the nucleus), MQTT 5 / 3.1.1, or auto (IPC when
  * running as a Greengrass component, MQTT otherwise); and a disk spool so no result is lost while the
- * link is down. Started when the first user registers, stopped when the last one leaves.
+ * link is down. Started when the first user registers; survives redeploys of its users.
  */
 import { EventEmitter } from 'events';
+import * as os from 'os';
 import * as path from 'path';
 import { shareAmongUsers, SharedResourceNode } from '../lib/shared-resource';
 import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
-import { chooseTransport, IpcDestination, IpcTransport } from './ipc-transport';
+import { chooseTransport, IpcTransport } from './ipc-transport';
 import { ConnectionState, DEFAULT_BROKER_URL, MqttTransport, parseProtocol } from './mqtt-transport';
-import { DiskSpool, SpoolDrainer } from './spool';
+import { checkOutgoing, OutgoingCheck } from './outgoing';
+import { DiskSpool, SpooledMessage, SpoolDrainer } from './spool';
 
 export type Outcome = 'sent' | 'queued';
 
+export interface PublishRequest extends OutgoingCheck {
+  topic: string;
+  payload: Buffer | string;
+  qos: 0 | 1;
+  /** IPC: local pub/sub or IoT Core. */
+  destination?: 'local' | 'iotcore';
+  /** Time-sensitive messages: dropped unsent after this (ms since epoch). */
+  expiresAt?: number;
+}
+
+export interface DeadLetter {
+  topic: string;
+  reason: string;
+  file: string;
+}
+
 export interface GreengrassConnectionNode extends SharedResourceNode {
+  /** 'state', 'queue' and 'deadletter' (DeadLetter) events for the publish nodes. */
   readonly events: EventEmitter;
   readonly description: string;
   readonly transportName: 'ipc' | 'mqtt';
@@ -22,11 +41,19 @@ export interface GreengrassConnectionNode extends SharedResourceNode {
   lastError?: string;
   /** Results waiting in the spool. */
   queued: number;
+  /** Spool counters for statuses: dropped (full), expired, dead-lettered, lost (unreadable). */
+  spoolCounters(): { dropped: number; expired: number; deadLettered: number; lost: number } | undefined;
   /** Sends now, or (with the spool) stores durably and sends in order when the link is up. */
-  publish(topic: string, payload: Buffer | string, qos: 0 | 1, destination?: IpcDestination): Promise<Outcome>;
+  publish(request: PublishRequest): Promise<Outcome>;
 }
 
 type Transport = MqttTransport | IpcTransport;
+
+/** Unique per device, so that devices of a fleet sharing one flow do not push each other off the broker. */
+export function defaultClientId(nodeId: string, env: NodeJS.ProcessEnv = process.env): string {
+  const device = env.AWS_IOT_THING_NAME || os.hostname() || 'node-red';
+  return `${device}-nodered-${nodeId}`.replace(/[^\w.:-]/g, '_').slice(0, 128);
+}
 
 module.exports = function (RED: NodeAPI) {
   function GreengrassConnection(this: GreengrassConnectionNode, config: NodeDef) {
@@ -46,14 +73,19 @@ module.exports = function (RED: NodeAPI) {
     let spool: DiskSpool | undefined;
     let drainer: SpoolDrainer | undefined;
     let spoolReady: Promise<void> | undefined;
+    /** Why the spool cannot be used (its folder is not writable, another process holds it). */
+    let spoolError: string | undefined;
+    let maxPayloadSetting: number | undefined;
     try {
       transportName = chooseTransport(textSetting(config.transport));
+      const maxKB = numberSetting(config.maxPayloadKB, 0, { min: 0, max: 262_144 });
+      maxPayloadSetting = maxKB > 0 ? maxKB * 1024 : undefined;
       transport = transportName === 'ipc'
         ? new IpcTransport()
         : new MqttTransport({
           url,
           protocol: parseProtocol(textSetting(config.protocol)),
-          clientId: textSetting(config.clientId) || `node-red-${node.id}`,
+          clientId: textSetting(config.clientId) || defaultClientId(node.id),
           username: node.credentials?.username,
           password: node.credentials?.password,
           caFile: resolveFile(config.caFile),
@@ -67,6 +99,7 @@ module.exports = function (RED: NodeAPI) {
           maxMessages: numberSetting(config.spoolMaxMessages, 100_000, { min: 1, max: 100_000_000 }),
           maxBytes: numberSetting(config.spoolMaxMB, 100, { min: 0.01, max: 1_000_000 }) * 1024 * 1024,
         });
+        spool.onWarning = (text) => node.warn(text);
       }
     } catch (err) {
       configError = errorMessage(err);
@@ -82,14 +115,25 @@ module.exports = function (RED: NodeAPI) {
 
     const isUp = () => transport?.state === 'connected';
     const queueChanged = () => {
-      const dropped = spool?.dropped ?? 0;
       node.queued = spool?.length ?? 0;
-      events.emit('queue', node.queued, dropped);
+      events.emit('queue', node.queued);
     };
+    node.spoolCounters = () => spool && { dropped: spool.dropped, expired: spool.expired, deadLettered: spool.deadLettered, lost: spool.lost };
+
+    const sendNow = (m: SpooledMessage) => transport!.publish({ topic: m.topic, payload: m.payload, qos: m.qos, expiresAt: m.expiresAt, destination: m.destination });
     if (spool && transport) {
-      const t = transport;
       // Spooled results always go with QoS 1: they leave the spool only once the broker has them.
-      drainer = new SpoolDrainer(spool, (m) => t.publish(m.topic, m.payload, 1, m.destination as IpcDestination | undefined), isUp, queueChanged);
+      drainer = new SpoolDrainer(spool, (m) => sendNow({ ...m, qos: 1 }), isUp, {
+        onChange: queueChanged,
+        onWarning: (text) => node.warn(text),
+        onDeadLetter: (m, reason, file) => {
+          const letter: DeadLetter = { topic: m.topic, reason, file };
+          // One report, through a publish node so a Catch node sees it; the connection's log otherwise.
+          const [report] = events.listeners('deadletter');
+          if (report) report(letter);
+          else node.error(`gave up on a message to ${m.topic}: ${reason}; it is kept in ${file}`);
+        },
+      });
     }
 
     transport?.on('state', (state: ConnectionState, error?: string) => {
@@ -105,12 +149,15 @@ module.exports = function (RED: NodeAPI) {
     function start() {
       if (!transport || configError) return;
       if (spool) {
-        spoolReady = spool.open().then(() => {
+        spoolError = undefined;
+        const opening = spool.open();
+        spoolReady = opening.then(() => {
           queueChanged();
           if (spool!.length) node.log(`${spool!.length} results from before the restart are queued in ${spool!.dir}`);
+          drainer!.start();
         }, (err) => {
-          configError = `cannot open the spool folder: ${errorMessage(err)}`;
-          node.error(configError);
+          spoolError = `the spool folder cannot be used: ${errorMessage(err)}`;
+          node.error(`${spoolError}; results are sent without it while connected`);
         });
       }
       try {
@@ -126,19 +173,37 @@ module.exports = function (RED: NodeAPI) {
 
     async function stop() {
       drainer?.stop();
-      if (transport) await transport.stop();
+      await spoolReady;
+      await Promise.all([
+        transport?.stop(),
+        spool?.isOpen ? spool.close().catch((err) => node.warn(`closing the spool: ${errorMessage(err)}`)) : undefined,
+      ]);
     }
 
     shareAmongUsers(node, start, stop);
 
-    node.publish = async (topic, payload, qos, destination) => {
+    node.publish = async (request) => {
       if (configError || !transport) throw new Error(`connection settings are invalid: ${configError}`);
+      const message: SpooledMessage = {
+        topic: request.topic, payload: request.payload, qos: request.qos, destination: request.destination, at: Date.now(), expiresAt: request.expiresAt,
+      };
+      checkOutgoing(message, {
+        allowReserved: request.allowReserved,
+        iotCore: request.destination === 'iotcore' && transportName === 'ipc' || /\.amazonaws\.com$/i.test(transport.description.replace(/:\d+$/, '')),
+        maxPayloadBytes: maxPayloadSetting ?? transport.maxPayloadBytes(message.topic, message.destination),
+      });
       if (!drainer) {
-        await transport.publish(topic, payload, qos, destination);
+        await sendNow(message);
         return 'sent';
       }
       await spoolReady;
-      await drainer.submit({ topic, payload, qos, destination, at: Date.now() });
+      if (spoolError || !spool!.isOpen) {
+        // A spool that cannot be written must not stop delivery while the link is up.
+        if (!isUp()) throw new Error(`${spoolError ?? 'the spool is closed'}, and ${node.description} is not connected: the result is lost`);
+        await sendNow(message);
+        return 'sent';
+      }
+      await drainer.submit(message);
       return isUp() && node.queued <= 1 ? 'sent' : 'queued';
     };
   }

@@ -3,14 +3,20 @@
  * pub/sub) and PublishToIoTCore, over the nucleus's socket with the token it gives the component.
  */
 import { EventEmitter } from 'events';
-import { greengrasscoreipc, io } from 'aws-iot-device-sdk-v2';
+import { eventstream_rpc, greengrasscoreipc, io } from 'aws-iot-device-sdk-v2';
 import { Backoff } from '../lib/backoff';
-import type { ConnectionState } from './mqtt-transport';
+import type { ConnectionState, OutgoingMessage } from './mqtt-transport';
+import { RefusedError } from './spool';
 
 export const SOCKET_ENV = 'AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT';
 export const TOKEN_ENV = 'SVCUID';
 
 export type IpcDestination = 'local' | 'iotcore';
+
+/** A request the nucleus has not answered by then counts as a lost connection (the SDK has no timeout). */
+export const IPC_REQUEST_TIMEOUT_MS = 10_000;
+/** AWS IoT Core's largest message (PublishToIoTCore goes there). */
+export const IOT_CORE_MAX_PAYLOAD_BYTES = 128 * 1024;
 
 /** True when this process runs as a Greengrass component (the nucleus set the IPC variables). */
 export function runningAsComponent(env: NodeJS.ProcessEnv = process.env): boolean {
@@ -64,6 +70,8 @@ export class IpcTransport extends EventEmitter {
     client.on('disconnection', (event) => {
       if (this.client !== client) return;
       this.client = undefined;
+      // The SDK: a client must always be closed, or its native resources leak.
+      client.close().catch(() => undefined);
       this.lastError = event?.reason ? String(event.reason) : 'the nucleus closed the IPC connection';
       this.setState('disconnected');
       this.scheduleReconnect();
@@ -94,28 +102,60 @@ export class IpcTransport extends EventEmitter {
     }, this.backoff.next());
   }
 
-  async publish(topic: string, payload: Buffer | string, qos: 0 | 1, destination: IpcDestination = 'local'): Promise<void> {
+  maxPayloadBytes(_topic: string, destination?: string): number | undefined {
+    return destination === 'iotcore' ? IOT_CORE_MAX_PAYLOAD_BYTES : undefined;
+  }
+
+  async publish({ topic, payload, qos, destination }: OutgoingMessage & { destination?: string }): Promise<void> {
     const client = this.client;
     if (!client || this.state !== 'connected') {
       throw new Error(`not connected to ${this.description}${this.lastError ? `: ${this.lastError}` : ''}`);
     }
-    try {
-      if (destination === 'iotcore') {
-        await client.publishToIoTCore({
-          topicName: topic,
-          qos: qos === 1 ? greengrasscoreipc.model.QOS.AT_LEAST_ONCE : greengrasscoreipc.model.QOS.AT_MOST_ONCE,
-          payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
-        });
-      } else {
-        const json = typeof payload === 'string' ? tryParseJson(payload) : undefined;
-        await client.publishToTopic({
-          topic,
-          publishMessage: json !== undefined ? { jsonMessage: { message: json } } : { binaryMessage: { message: payload } },
-        });
-      }
-    } catch (err) {
-      throw new Error(`${destination === 'iotcore' ? 'PublishToIoTCore' : 'PublishToTopic'} ${topic} failed: ${describeIpcError(err)}`);
+    const operation = destination === 'iotcore' ? 'PublishToIoTCore' : 'PublishToTopic';
+    let request: Promise<unknown>;
+    if (destination === 'iotcore') {
+      request = client.publishToIoTCore({
+        topicName: topic,
+        qos: qos === 1 ? greengrasscoreipc.model.QOS.AT_LEAST_ONCE : greengrasscoreipc.model.QOS.AT_MOST_ONCE,
+        payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+      });
+    } else {
+      // The nucleus's JsonMessage.message is a map: only JSON objects go as JSON, the rest as bytes.
+      const json = typeof payload === 'string' ? tryParseJson(payload) : undefined;
+      const isObject = json !== null && typeof json === 'object' && !Array.isArray(json);
+      request = client.publishToTopic({
+        topic,
+        publishMessage: isObject ? { jsonMessage: { message: json } } : { binaryMessage: { message: payload } },
+      });
     }
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`the nucleus did not answer ${operation} ${topic} within ${IPC_REQUEST_TIMEOUT_MS / 1000} s`)), IPC_REQUEST_TIMEOUT_MS);
+    });
+    try {
+      await Promise.race([request, timeout]);
+    } catch (err) {
+      if (err instanceof Error && /did not answer/.test(err.message)) {
+        request.catch(() => undefined);
+        this.dropClient(client, err.message);
+        throw err;
+      }
+      const text = `${operation} ${topic} failed: ${describeIpcError(err)}`;
+      // Modelled errors (UnauthorizedError, InvalidArgumentsError, ServiceError) are the nucleus's answer to this message.
+      throw (err as { type?: unknown })?.type === eventstream_rpc.RpcErrorType.ServiceError ? new RefusedError(text) : new Error(text);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Gives up on a client that stopped answering: close it and connect afresh. */
+  private dropClient(client: greengrasscoreipc.Client, reason: string): void {
+    if (this.client !== client) return;
+    this.client = undefined;
+    this.lastError = reason;
+    client.close().catch(() => undefined);
+    this.setState('disconnected');
+    this.scheduleReconnect();
   }
 
   async stop(): Promise<void> {
@@ -143,8 +183,8 @@ function tryParseJson(text: string): unknown {
 }
 
 function describeIpcError(err: unknown): string {
-  const e = err as { message?: string; apiError?: { message?: string; _errorCode?: string }; cause?: unknown };
-  const detail = e.apiError?.message ?? e.message ?? String(err);
+  const e = err as { message?: string; serviceError?: { message?: string } };
+  const detail = e.serviceError?.message ?? e.message ?? String(err);
   return /unauthori[sz]ed|not authorized|access/i.test(detail)
     ? `${detail} (the component's recipe must allow this topic in accessControl)`
     : detail;

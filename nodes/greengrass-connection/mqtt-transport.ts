@@ -2,6 +2,7 @@
 import { EventEmitter } from 'events';
 import { io, mqtt, mqtt5 } from 'aws-iot-device-sdk-v2';
 import { Backoff } from '../lib/backoff';
+import { RefusedError, SpooledMessage } from './spool';
 
 export interface MqttOptions {
   url: string;
@@ -61,9 +62,16 @@ type StateListener = (state: ConnectionState, error?: string) => void;
 /** The part of each SDK client the transport needs. */
 interface ClientAdapter {
   start(): void;
-  publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void>;
+  publish(message: OutgoingMessage): Promise<void>;
   stop(): Promise<void>;
+  /** The broker's announced maximum packet size (MQTT 5 CONNACK), when known. */
+  maximumPacketSize?: number;
 }
+
+export type OutgoingMessage = Pick<SpooledMessage, 'topic' | 'payload' | 'qos' | 'expiresAt'>;
+
+/** MQTT 5 PUBACK reason codes >= 128 are refusals, except "quota exceeded", which passes. */
+const TRANSIENT_REASON_CODES = new Set([0x97]);
 
 export class MqttTransport extends EventEmitter {
   readonly address: BrokerAddress;
@@ -115,13 +123,19 @@ export class MqttTransport extends EventEmitter {
     this.client.start();
   }
 
-  async publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void> {
+  /** The largest payload the broker takes on a topic: its maximum packet size less the PUBLISH overhead. */
+  maxPayloadBytes(topic: string): number | undefined {
+    const packet = this.client?.maximumPacketSize;
+    return packet ? packet - Buffer.byteLength(topic) - 64 : undefined;
+  }
+
+  async publish(message: OutgoingMessage): Promise<void> {
     const client = this.client;
     if (!client) throw new Error(`connection to ${this.description} is not started`);
     if (this.state !== 'connected') {
       throw new Error(`not connected to ${this.description}${this.lastError ? `: ${this.lastError}` : ''}`);
     }
-    await client.publish(topic, payload, qos);
+    await client.publish(message);
   }
 
   /** Stops the client and frees its native resources. */
@@ -142,6 +156,7 @@ export class MqttTransport extends EventEmitter {
 
 class Mqtt5Adapter implements ClientAdapter {
   private readonly client: mqtt5.Mqtt5Client;
+  maximumPacketSize?: number;
 
   constructor(options: MqttOptions, address: BrokerAddress, tlsCtx: io.ClientTlsContext | undefined, onState: StateListener) {
     const connectProperties: mqtt5.ConnectPacket = {
@@ -165,7 +180,10 @@ class Mqtt5Adapter implements ClientAdapter {
       offlineQueueBehavior: mqtt5.ClientOperationQueueBehavior.FailQos0PublishOnDisconnect,
     });
     this.client.on('attemptingConnect', () => onState('connecting'));
-    this.client.on('connectionSuccess', () => onState('connected'));
+    this.client.on('connectionSuccess', (event: mqtt5.ConnectionSuccessEvent) => {
+      this.maximumPacketSize = event.settings?.maximumPacketSizeToServer;
+      onState('connected');
+    });
     this.client.on('connectionFailure', (event: mqtt5.ConnectionFailureEvent) => onState('disconnected', describeCrtError(event.error, event.connack?.reasonCode)));
     this.client.on('disconnection', (event: mqtt5.DisconnectionEvent) => onState('disconnected', describeCrtError(event.error)));
   }
@@ -174,11 +192,23 @@ class Mqtt5Adapter implements ClientAdapter {
     this.client.start();
   }
 
-  async publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void> {
-    const result = await this.client.publish({ topicName: topic, qos: qos === 1 ? mqtt5.QoS.AtLeastOnce : mqtt5.QoS.AtMostOnce, payload });
+  async publish({ topic, payload, qos, expiresAt }: OutgoingMessage): Promise<void> {
+    const packet: mqtt5.PublishPacket = { topicName: topic, qos: qos === 1 ? mqtt5.QoS.AtLeastOnce : mqtt5.QoS.AtMostOnce, payload };
+    // MQTT 5 message expiry: the broker also drops it unsent for subscribers that are away too long.
+    if (expiresAt !== undefined) packet.messageExpiryIntervalSeconds = Math.max(1, Math.ceil((expiresAt - Date.now()) / 1000));
+    let result: unknown;
+    try {
+      result = await this.client.publish(packet);
+    } catch (err) {
+      const text = describeCrtError(err) ?? String(err);
+      // The client checks packets against the broker's limits before sending: no retry can pass.
+      if (/VALIDATION|PACKET_TOO_LARGE|exceeds/i.test(text)) throw new RefusedError(`the publish to ${topic} breaks the broker's limits: ${text}`);
+      throw new Error(text);
+    }
     const puback = result as mqtt5.PubackPacket | undefined;
     if (puback && puback.reasonCode !== undefined && puback.reasonCode >= 128) {
-      throw new Error(`the broker refused the publish to ${topic}: reason code ${puback.reasonCode}${puback.reasonString ? ` (${puback.reasonString})` : ''}`);
+      const text = `the broker refused the publish to ${topic}: reason code ${puback.reasonCode}${puback.reasonString ? ` (${puback.reasonString})` : ''}`;
+      throw TRANSIENT_REASON_CODES.has(puback.reasonCode) ? new Error(text) : new RefusedError(text);
     }
   }
 
@@ -249,7 +279,8 @@ class Mqtt311Adapter implements ClientAdapter {
     });
   }
 
-  async publish(topic: string, payload: Buffer | string, qos: 0 | 1): Promise<void> {
+  /** MQTT 3.1.1 has no message expiry and no refusal codes: the spool drops expired messages itself. */
+  async publish({ topic, payload, qos }: OutgoingMessage): Promise<void> {
     await this.connection.publish(topic, payload, qos === 1 ? mqtt.QoS.AtLeastOnce : mqtt.QoS.AtMostOnce, false);
   }
 
@@ -261,7 +292,7 @@ class Mqtt311Adapter implements ClientAdapter {
   }
 }
 
-function describeCrtError(error: unknown, reasonCode?: number): string | undefined {
+export function describeCrtError(error: unknown, reasonCode?: number): string | undefined {
   if (!error) return undefined;
   const e = error as { error_name?: string; message?: string };
   let text = e.message || String(error);

@@ -1,11 +1,23 @@
 /**
- * A disk-backed, bounded, ordered spool of outgoing messages: one file per message, named by a
- * growing sequence number, written atomically (temporary file, then rename) so a crash or a Node-RED
- * restart loses nothing that was accepted. When full, the oldest messages are dropped (and counted):
- * on a sorter the newest results matter most, and the limit keeps the disk from filling up.
+ * A disk spool of outgoing messages that survives power cuts, damaged files and operators:
+ *
+ * - an append-only log of segments (`<first seq>.log`), each record `[length u32][crc32 u32][JSON]`;
+ *   writes waiting at the same time go out as one batch with one fdatasync (group commit), so a
+ *   message counts as accepted only once it is on disk, without one fsync per message;
+ * - `delivered` holds the highest sequence number that has left the spool (written atomically and
+ *   lazily: after a crash a few delivered messages may go again, which at-least-once allows);
+ * - `spool.lock` names the one process that owns the folder;
+ * - `quarantine/` keeps damaged files for a person to look at, `dead-letter/` the messages a server
+ *   refused for good, one JSON file each with the reason.
+ *
+ * Bounded by count and bytes: when full the oldest messages are dropped (and counted), since on a
+ * sorter the newest results matter most and the limit keeps the disk from filling up.
  */
 import { promises as fs } from 'fs';
+import * as os from 'os';
 import * as path from 'path';
+import * as zlib from 'zlib';
+import { Backoff } from '../lib/backoff';
 
 export interface SpooledMessage {
   topic: string;
@@ -16,6 +28,8 @@ export interface SpooledMessage {
   destination?: string;
   /** When it was accepted (ms since epoch). */
   at: number;
+  /** After this time (ms since epoch) the message is worthless and is dropped unsent. */
+  expiresAt?: number;
 }
 
 export interface SpoolLimits {
@@ -23,23 +37,176 @@ export interface SpoolLimits {
   maxBytes: number;
 }
 
-interface Entry {
-  seq: number;
-  file: string;
-  bytes: number;
+export interface SpoolCounters {
+  /** Dropped because the spool was full. */
+  dropped: number;
+  /** Dropped unsent because they expired. */
+  expired: number;
+  /** Set aside in dead-letter/ because the server refused them for good. */
+  deadLettered: number;
+  /** Files or parts of files moved to quarantine/ because they could not be read. */
+  quarantined: number;
+  /** Accepted messages that could not be read back (their file was damaged or deleted). */
+  lost: number;
 }
 
-const SUFFIX = '.msg';
+interface Segment {
+  name: string;
+  file: string;
+  firstSeq: number;
+  lastSeq: number;
+  size: number;
+}
 
-export class DiskSpool {
-  private entries: Entry[] = [];
-  private nextSeq = 1;
-  private totalBytes = 0;
-  /** Messages dropped because the spool was full, since it was opened. */
+interface Entry {
+  seq: number;
+  segment: Segment;
+  offset: number;
+  length: number;
+  expiresAt?: number;
+}
+
+interface PendingWrite {
+  message: SpooledMessage;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+const SEGMENT_SUFFIX = '.log';
+const LEGACY_SUFFIX = '.msg';
+const HEADER_BYTES = 8;
+/** A new segment starts past this size, so delivered data is freed in steps of about this much. */
+const SEGMENT_TARGET_BYTES = 4 * 1024 * 1024;
+/** Larger records are not written by us; a length above it means the header is damaged. */
+const MAX_RECORD_BYTES = 512 * 1024 * 1024;
+const CURSOR_FILE = 'delivered';
+const LOCK_FILE = 'spool.lock';
+const QUARANTINE = 'quarantine';
+const DEAD_LETTER = 'dead-letter';
+const CURSOR_WRITE_DELAY_MS = 200;
+
+/** Folders locked by this process: a second lock from the same process is refused too. */
+const lockedHere = new Set<string>();
+
+const crc32: (data: Buffer) => number = typeof (zlib as { crc32?: unknown }).crc32 === 'function'
+  ? (data) => (zlib as unknown as { crc32(d: Buffer): number }).crc32(data)
+  : tableCrc32;
+
+function tableCrc32(data: Buffer): number {
+  let crc = 0xffffffff;
+  for (const byte of data) {
+    crc ^= byte;
+    for (let k = 0; k < 8; k++) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+function segmentName(seq: number): string {
+  return `${String(seq).padStart(16, '0')}${SEGMENT_SUFFIX}`;
+}
+
+interface StoredRecord extends SpooledMessage {
+  seq: number;
+}
+
+function encodeRecord(seq: number, m: SpooledMessage): Buffer {
+  const isText = typeof m.payload === 'string';
+  const body = Buffer.from(JSON.stringify({
+    seq, topic: m.topic, qos: m.qos, destination: m.destination, at: m.at, expiresAt: m.expiresAt,
+    encoding: isText ? 'utf8' : 'base64', payload: isText ? m.payload : (m.payload as Buffer).toString('base64'),
+  }));
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.writeUInt32LE(body.length, 0);
+  header.writeUInt32LE(crc32(body), 4);
+  return Buffer.concat([header, body]);
+}
+
+/** A stored message as written by this spool or by its earlier one-file-per-message format; throws when malformed. */
+function decodeMessage(raw: unknown): SpooledMessage {
+  const r = raw as Record<string, unknown> | null;
+  if (!r || typeof r !== 'object' || Array.isArray(r)) throw new Error('expected a JSON object');
+  if (typeof r.topic !== 'string' || !r.topic) throw new Error(`expected topic to be a non-empty string but received ${JSON.stringify(r.topic)}`);
+  if (r.qos !== 0 && r.qos !== 1) throw new Error(`expected qos 0 or 1 but received ${JSON.stringify(r.qos)}`);
+  if (typeof r.payload !== 'string') throw new Error(`expected payload to be a string but received ${typeof r.payload}`);
+  if (r.encoding !== 'utf8' && r.encoding !== 'base64') throw new Error(`expected encoding utf8 or base64 but received ${JSON.stringify(r.encoding)}`);
+  if (r.destination !== undefined && typeof r.destination !== 'string') throw new Error('expected destination to be a string');
+  const at = typeof r.at === 'number' && Number.isFinite(r.at) ? r.at : Date.now();
+  const expiresAt = typeof r.expiresAt === 'number' && Number.isFinite(r.expiresAt) ? r.expiresAt : undefined;
+  return {
+    topic: r.topic, qos: r.qos, destination: r.destination as string | undefined, at, expiresAt,
+    payload: r.encoding === 'utf8' ? r.payload : Buffer.from(r.payload, 'base64'),
+  };
+}
+
+function decodeRecord(body: Buffer): StoredRecord {
+  const raw = JSON.parse(body.toString('utf8'));
+  const seq = (raw as { seq?: unknown })?.seq;
+  if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) throw new Error(`expected seq to be a positive safe integer but received ${JSON.stringify(seq)}`);
+  return { ...decodeMessage(raw), seq };
+}
+
+function isErrno(err: unknown, code: string): boolean {
+  return (err as NodeJS.ErrnoException)?.code === code;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return isErrno(err, 'EPERM'); // exists, owned by someone else
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes a small file so that either the old or the new content survives a power cut. */
+async function writeFileAtomic(file: string, content: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  const handle = await fs.open(tmp, 'w', 0o600);
+  try {
+    await handle.writeFile(content);
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+export class DiskSpool implements SpoolCounters {
   dropped = 0;
-  private writing: Promise<void> = Promise.resolve();
+  expired = 0;
+  deadLettered = 0;
+  quarantined = 0;
+  lost = 0;
+  /** Where warnings go (a damaged file moved aside, a stale lock taken over). */
+  onWarning: (text: string) => void = () => undefined;
 
-  constructor(readonly dir: string, private readonly limits: SpoolLimits) {}
+  private entries: Entry[] = [];
+  private segments: Segment[] = [];
+  private totalBytes = 0;
+  private nextSeq = 1;
+  private deliveredSeq = 0;
+  private savedDeliveredSeq = 0;
+  private cursorTimer?: NodeJS.Timeout;
+  private cursorWrite: Promise<void> = Promise.resolve();
+  private active?: { segment: Segment; handle: fs.FileHandle };
+  private reader?: { segment: Segment; handle: fs.FileHandle };
+  private pending: PendingWrite[] = [];
+  private flushing?: Promise<void>;
+  private state: 'closed' | 'opening' | 'open' = 'closed';
+  private holdsLock = false;
+
+  constructor(readonly dir: string, private readonly limits: SpoolLimits) {
+    this.dir = path.resolve(dir);
+  }
 
   get length(): number {
     return this.entries.length;
@@ -49,119 +216,534 @@ export class DiskSpool {
     return this.totalBytes;
   }
 
-  /** Reads what an earlier run left behind, oldest first. */
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  /** Takes the folder, recovers what an earlier run left (moving damaged data aside) and imports old-format files. */
   async open(): Promise<void> {
-    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const names = (await fs.readdir(this.dir)).filter((n) => n.endsWith(SUFFIX)).sort();
+    if (this.state !== 'closed') throw new Error(`spool ${this.dir} is already open`);
+    this.state = 'opening';
+    try {
+      await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await this.lock();
+      this.resetCounters();
+      const names = await fs.readdir(this.dir);
+      for (const leftover of names.filter((n) => n.endsWith('.tmp'))) {
+        await fs.rm(path.join(this.dir, leftover), { force: true }); // a write a crash interrupted was never accepted
+      }
+      this.deliveredSeq = this.savedDeliveredSeq = await this.readCursor();
+      this.nextSeq = this.deliveredSeq + 1;
+      const segmentNames = names.filter((n) => n.endsWith(SEGMENT_SUFFIX)).sort();
+      for (const name of segmentNames) await this.recoverSegment(name);
+      await this.importLegacy(names.filter((n) => n.endsWith(LEGACY_SUFFIX)));
+      this.state = 'open';
+    } catch (err) {
+      await this.releaseLock();
+      this.state = 'closed';
+      throw err;
+    }
+  }
+
+  private resetCounters(): void {
     this.entries = [];
+    this.segments = [];
     this.totalBytes = 0;
-    for (const name of names) {
-      const seq = Number(name.slice(0, -SUFFIX.length));
-      if (!Number.isSafeInteger(seq)) continue;
-      const { size } = await fs.stat(path.join(this.dir, name));
-      this.entries.push({ seq, file: path.join(this.dir, name), bytes: size });
-      this.totalBytes += size;
+    this.dropped = this.expired = this.deadLettered = this.quarantined = this.lost = 0;
+  }
+
+  private async lock(): Promise<void> {
+    const file = path.join(this.dir, LOCK_FILE);
+    if (lockedHere.has(this.dir)) {
+      throw new Error(`spool folder ${this.dir} is already used by another connection in this Node-RED (process ${process.pid}): give each connection its own spool folder`);
     }
-    this.nextSeq = (this.entries[this.entries.length - 1]?.seq ?? 0) + 1;
-    for (const leftover of (await fs.readdir(this.dir)).filter((n) => n.endsWith('.tmp'))) {
-      await fs.rm(path.join(this.dir, leftover), { force: true }); // a write a crash interrupted was never accepted
+    const me = JSON.stringify({ pid: process.pid, host: os.hostname(), since: new Date().toISOString() });
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await fs.writeFile(file, me, { flag: 'wx', mode: 0o600 });
+        lockedHere.add(this.dir);
+        this.holdsLock = true;
+        return;
+      } catch (err) {
+        if (!isErrno(err, 'EEXIST')) throw err;
+      }
+      let holder: { pid?: unknown; host?: unknown; since?: unknown } = {};
+      try {
+        holder = JSON.parse(await fs.readFile(file, 'utf8'));
+      } catch {
+        /* unreadable: a crash while writing it; take it over */
+      }
+      const pid = typeof holder.pid === 'number' ? holder.pid : 0;
+      const sameHost = holder.host === os.hostname();
+      // Our own pid in a lock we do not hold is a restart that reused the pid (pid 1 in a container).
+      if (pid && pid !== process.pid && (!sameHost || processAlive(pid))) {
+        throw new Error(`spool folder ${this.dir} is in use by process ${pid} on ${String(holder.host)} since ${String(holder.since)}: give each connection and each Node-RED its own spool folder`);
+      }
+      this.onWarning(`took over the spool folder ${this.dir} from process ${pid || '?'}, which has ended`);
+      await fs.rm(file, { force: true });
     }
+    throw new Error(`cannot lock the spool folder ${this.dir}`);
+  }
+
+  private async releaseLock(): Promise<void> {
+    if (!this.holdsLock) return;
+    this.holdsLock = false;
+    lockedHere.delete(this.dir);
+    await fs.rm(path.join(this.dir, LOCK_FILE), { force: true }).catch(() => undefined);
+  }
+
+  private async readCursor(): Promise<number> {
+    const file = path.join(this.dir, CURSOR_FILE);
+    let text: string;
+    try {
+      text = await fs.readFile(file, 'utf8');
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return 0;
+      throw err;
+    }
+    try {
+      const seq = JSON.parse(text).seq;
+      if (Number.isSafeInteger(seq) && seq >= 0) return seq;
+      throw new Error(`expected seq to be a non-negative integer but received ${JSON.stringify(seq)}`);
+    } catch (err) {
+      // Without it every message still in the segments is sent again: duplicates, never a loss.
+      await this.quarantine(file, `the delivery mark ${CURSOR_FILE} is damaged (${(err as Error).message}); messages still in the spool may be sent again`);
+      return 0;
+    }
+  }
+
+  private async quarantine(file: string, why: string, content?: Buffer): Promise<string> {
+    const dir = path.join(this.dir, QUARANTINE);
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    const target = path.join(dir, `${Date.now()}-${path.basename(file)}${content ? '.part' : ''}`);
+    if (content) await fs.writeFile(target, content, { mode: 0o600 });
+    else await fs.rename(file, target).catch(async (err) => {
+      if (!isErrno(err, 'ENOENT')) await fs.rm(file, { force: true });
+    });
+    this.quarantined++;
+    this.onWarning(`${why}: moved to ${target}`);
+    return target;
+  }
+
+  private async recoverSegment(name: string): Promise<void> {
+    const file = path.join(this.dir, name);
+    const firstSeq = Number(name.slice(0, -SEGMENT_SUFFIX.length));
+    if (!/^\d+$/.test(name.slice(0, -SEGMENT_SUFFIX.length)) || !Number.isSafeInteger(firstSeq)) {
+      await this.quarantine(file, `${name} is not a spool segment name`);
+      return;
+    }
+    let data: Buffer;
+    try {
+      data = await fs.readFile(file);
+    } catch (err) {
+      await this.quarantine(file, `${name} cannot be read (${(err as Error).message})`);
+      return;
+    }
+    const segment: Segment = { name, file, firstSeq, lastSeq: 0, size: 0 };
+    const found: Entry[] = [];
+    let offset = 0;
+    let damage: string | undefined;
+    while (offset < data.length) {
+      if (data.length - offset < HEADER_BYTES) {
+        damage = 'a record header is cut short';
+        break;
+      }
+      const length = data.readUInt32LE(offset);
+      if (length === 0 || length > MAX_RECORD_BYTES) {
+        damage = `a record length of ${length} bytes is impossible`;
+        break;
+      }
+      if (offset + HEADER_BYTES + length > data.length) {
+        damage = 'the last record is cut short';
+        break;
+      }
+      const body = data.subarray(offset + HEADER_BYTES, offset + HEADER_BYTES + length);
+      if (crc32(body) !== data.readUInt32LE(offset + 4)) {
+        damage = 'a record fails its checksum';
+        break;
+      }
+      let record: StoredRecord;
+      try {
+        record = decodeRecord(body);
+      } catch (err) {
+        damage = `a record cannot be read (${(err as Error).message})`;
+        break;
+      }
+      if (record.seq <= segment.lastSeq) {
+        damage = `sequence numbers go backwards (${record.seq} after ${segment.lastSeq})`;
+        break;
+      }
+      segment.lastSeq = record.seq;
+      found.push({ seq: record.seq, segment, offset, length: HEADER_BYTES + length, expiresAt: record.expiresAt });
+      offset += HEADER_BYTES + length;
+    }
+    if (damage) {
+      const rest = data.subarray(offset);
+      // Zeros or a cut record at the very end are what a power cut during an unfinished write leaves;
+      // that write was never reported as accepted. Anything else is kept for a person to look at.
+      await this.quarantine(file, `${name}: ${damage} at byte ${offset} of ${data.length}; the ${found.length} records before it are kept`, rest);
+      await fs.truncate(file, offset);
+    }
+    segment.size = offset;
+    const previous = this.segments[this.segments.length - 1];
+    const undelivered = found.filter((e) => e.seq > this.deliveredSeq && (!previous || e.seq > previous.lastSeq));
+    if (!undelivered.length) {
+      await fs.rm(file, { force: true });
+      return;
+    }
+    this.segments.push(segment);
+    for (const e of undelivered) {
+      this.entries.push(e);
+      this.totalBytes += e.length;
+    }
+    this.nextSeq = Math.max(this.nextSeq, segment.lastSeq + 1);
+  }
+
+  /** One file per message, as the first version of this spool wrote them (also what an operator may drop in). */
+  private async importLegacy(names: string[]): Promise<void> {
+    const valid: { file: string; message: SpooledMessage }[] = [];
+    for (const name of names.sort()) {
+      const file = path.join(this.dir, name);
+      try {
+        const text = await fs.readFile(file, 'utf8');
+        if (!text.trim()) throw new Error('the file is empty');
+        valid.push({ file, message: decodeMessage(JSON.parse(text)) });
+      } catch (err) {
+        await this.quarantine(file, `${name} is not a readable spooled message (${(err as Error).message})`);
+      }
+    }
+    if (!valid.length) return;
+    this.state = 'open';
+    await Promise.all(valid.map((v) => this.push(v.message)));
+    for (const v of valid) await fs.rm(v.file, { force: true });
   }
 
   /** Stores a message durably at the tail; resolves once it is on disk. */
   push(message: SpooledMessage): Promise<void> {
-    // Writes are serialised so the sequence order is the acceptance order.
-    const write = this.writing.then(async () => {
-      const seq = this.nextSeq++;
-      const file = path.join(this.dir, `${String(seq).padStart(16, '0')}${SUFFIX}`);
-      const isText = typeof message.payload === 'string';
-      const body = JSON.stringify({
-        topic: message.topic, qos: message.qos, destination: message.destination, at: message.at,
-        encoding: isText ? 'utf8' : 'base64', payload: isText ? message.payload : (message.payload as Buffer).toString('base64'),
-      });
-      const tmp = `${file}.tmp`;
-      await fs.writeFile(tmp, body, { mode: 0o600 });
-      await fs.rename(tmp, file);
-      const bytes = Buffer.byteLength(body);
-      this.entries.push({ seq, file, bytes });
-      this.totalBytes += bytes;
-      while (this.entries.length > this.limits.maxMessages || (this.totalBytes > this.limits.maxBytes && this.entries.length > 1)) {
-        const oldest = this.entries.shift()!;
-        this.totalBytes -= oldest.bytes;
-        this.dropped++;
-        await fs.rm(oldest.file, { force: true });
-      }
+    if (this.state !== 'open') return Promise.reject(new Error(`the spool ${this.dir} is not open`));
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ message, resolve, reject });
+      if (!this.flushing) this.flushing = this.flush().finally(() => { this.flushing = undefined; });
     });
-    this.writing = write.catch(() => undefined);
-    return write;
   }
 
-  /** The oldest message, or undefined when empty. */
-  async peek(): Promise<(SpooledMessage & { seq: number }) | undefined> {
-    await this.writing;
-    const head = this.entries[0];
-    if (!head) return undefined;
-    const raw = JSON.parse(await fs.readFile(head.file, 'utf8'));
-    const payload = raw.encoding === 'utf8' ? String(raw.payload) : Buffer.from(raw.payload, 'base64');
-    return { seq: head.seq, topic: raw.topic, qos: raw.qos, destination: raw.destination, at: raw.at, payload };
+  /** Writes whatever is waiting as one batch, one fdatasync for all, until nothing waits. */
+  private async flush(): Promise<void> {
+    while (this.pending.length) {
+      const batch = this.pending.splice(0);
+      try {
+        await this.appendBatch(batch.map((p) => p.message));
+        batch.forEach((p) => p.resolve());
+      } catch (err) {
+        const error = new Error(`cannot store the message in the spool folder ${this.dir}: ${(err as Error).message}`);
+        batch.forEach((p) => p.reject(error));
+      }
+    }
   }
 
-  /** Removes the oldest message once it has been delivered. */
+  private async appendBatch(messages: SpooledMessage[]): Promise<void> {
+    const firstSeq = this.nextSeq;
+    const records = messages.map((m, i) => encodeRecord(firstSeq + i, m));
+    const newSegment = !this.active || this.active.segment.size >= SEGMENT_TARGET_BYTES;
+    if (newSegment) await this.startSegment(firstSeq);
+    const { segment, handle } = this.active!;
+    const data = Buffer.concat(records);
+    const before = segment.size;
+    try {
+      await handle.write(data, 0, data.length, before);
+      await handle.datasync();
+      if (newSegment) await fsyncDir(this.dir); // the new file's name must survive a power cut too
+    } catch (err) {
+      // Keep the log whole: a partly written batch is cut off again (or, failing that, a new segment
+      // starts next time and recovery quarantines the torn tail).
+      await handle.truncate(before).catch(() => this.closeActive());
+      throw err;
+    }
+    this.nextSeq = firstSeq + records.length;
+    let offset = before;
+    records.forEach((record, i) => {
+      this.entries.push({ seq: firstSeq + i, segment, offset, length: record.length, expiresAt: messages[i].expiresAt });
+      offset += record.length;
+      this.totalBytes += record.length;
+    });
+    segment.size = offset;
+    segment.lastSeq = this.nextSeq - 1;
+    while (this.entries.length > this.limits.maxMessages || (this.totalBytes > this.limits.maxBytes && this.entries.length > 1)) {
+      this.dropped++;
+      this.advance(this.entries[0].seq);
+    }
+    await this.releaseDeliveredSegments();
+  }
+
+  private async startSegment(firstSeq: number): Promise<void> {
+    await this.closeActive();
+    const name = segmentName(firstSeq);
+    const file = path.join(this.dir, name);
+    const handle = await fs.open(file, 'w', 0o600);
+    const segment: Segment = { name, file, firstSeq, lastSeq: firstSeq - 1, size: 0 };
+    this.segments.push(segment);
+    this.active = { segment, handle };
+  }
+
+  private async closeActive(): Promise<void> {
+    const active = this.active;
+    this.active = undefined;
+    if (active) await active.handle.close().catch(() => undefined);
+  }
+
+  /**
+   * The oldest message that is still worth sending, or undefined when empty. Expired messages are
+   * dropped on the way (counted); unreadable ones are moved aside and counted as lost.
+   */
+  async peek(now = Date.now()): Promise<(SpooledMessage & { seq: number }) | undefined> {
+    if (this.state !== 'open') return undefined;
+    for (;;) {
+      const head = this.entries[0];
+      if (!head) return undefined;
+      if (head.expiresAt !== undefined && head.expiresAt <= now) {
+        this.expired++;
+        this.advance(head.seq);
+        continue;
+      }
+      try {
+        return { ...(await this.read(head)), seq: head.seq };
+      } catch (err) {
+        await this.loseSegment(head.segment, (err as Error).message);
+      }
+    }
+  }
+
+  private async read(entry: Entry): Promise<StoredRecord> {
+    if (this.reader?.segment !== entry.segment) {
+      await this.reader?.handle.close().catch(() => undefined);
+      this.reader = undefined;
+      this.reader = { segment: entry.segment, handle: await fs.open(entry.segment.file, 'r') };
+    }
+    const buffer = Buffer.alloc(entry.length);
+    const { bytesRead } = await this.reader.handle.read(buffer, 0, entry.length, entry.offset);
+    if (bytesRead !== entry.length) throw new Error(`record ${entry.seq} is cut short`);
+    const body = buffer.subarray(HEADER_BYTES);
+    if (buffer.readUInt32LE(0) !== body.length || crc32(body) !== buffer.readUInt32LE(4)) throw new Error(`record ${entry.seq} fails its checksum`);
+    const record = decodeRecord(body);
+    if (record.seq !== entry.seq) throw new Error(`expected record ${entry.seq} but found ${record.seq}`);
+    return record;
+  }
+
+  /** A segment that can no longer be read (deleted or damaged while open): its messages are lost, the rest go on. */
+  private async loseSegment(segment: Segment, why: string): Promise<void> {
+    const lost = this.entries.filter((e) => e.segment === segment);
+    if (this.reader?.segment === segment) {
+      await this.reader.handle.close().catch(() => undefined);
+      this.reader = undefined;
+    }
+    if (this.active?.segment === segment) await this.closeActive();
+    this.lost += lost.length;
+    for (const e of lost) this.advance(e.seq);
+    this.segments = this.segments.filter((s) => s !== segment);
+    await this.quarantine(segment.file, `${lost.length} spooled messages in ${segment.name} cannot be read (${why}) and are skipped`);
+  }
+
+  /** Removes the oldest message once it has been delivered (or given up on). */
   async remove(seq: number): Promise<void> {
-    const index = this.entries.findIndex((e) => e.seq === seq);
-    if (index < 0) return; // already dropped for space
-    const [entry] = this.entries.splice(index, 1);
-    this.totalBytes -= entry.bytes;
-    await fs.rm(entry.file, { force: true });
+    if (this.entries[0]?.seq !== seq) return; // already dropped for space or expired
+    this.advance(seq);
+    await this.releaseDeliveredSegments();
   }
+
+  /** Sets a message the server refused for good aside in dead-letter/ with the reason; the next ones go on. */
+  async deadLetter(message: SpooledMessage & { seq: number }, reason: string): Promise<string> {
+    const dir = path.join(this.dir, DEAD_LETTER);
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}-${message.seq}.json`);
+    const isText = typeof message.payload === 'string';
+    await writeFileAtomic(file, JSON.stringify({
+      reason, refusedAt: new Date().toISOString(), topic: message.topic, qos: message.qos, destination: message.destination,
+      at: message.at, encoding: isText ? 'utf8' : 'base64', payload: isText ? message.payload : (message.payload as Buffer).toString('base64'),
+    }, null, 1));
+    this.deadLettered++;
+    await this.remove(message.seq);
+    return file;
+  }
+
+  private advance(seq: number): void {
+    while (this.entries.length && this.entries[0].seq <= seq) {
+      this.totalBytes -= this.entries.shift()!.length;
+    }
+    if (seq > this.deliveredSeq) this.deliveredSeq = seq;
+    if (!this.cursorTimer && this.deliveredSeq !== this.savedDeliveredSeq) {
+      this.cursorTimer = setTimeout(() => {
+        this.cursorTimer = undefined;
+        this.saveCursor().catch((err) => this.onWarning(`cannot record delivery progress in ${this.dir}: ${(err as Error).message}`));
+      }, CURSOR_WRITE_DELAY_MS);
+      this.cursorTimer.unref();
+    }
+  }
+
+  private saveCursor(): Promise<void> {
+    this.cursorWrite = this.cursorWrite.catch(() => undefined).then(async () => {
+      const seq = this.deliveredSeq;
+      if (seq === this.savedDeliveredSeq || !this.holdsLock) return;
+      await writeFileAtomic(path.join(this.dir, CURSOR_FILE), JSON.stringify({ seq }));
+      this.savedDeliveredSeq = seq;
+    });
+    return this.cursorWrite;
+  }
+
+  /** Deletes segments whose every message has left the spool (the one being written stays). */
+  private async releaseDeliveredSegments(): Promise<void> {
+    while (this.segments.length && this.segments[0].lastSeq <= this.deliveredSeq) {
+      const segment = this.segments[0];
+      if (this.active?.segment === segment) {
+        if (segment.size < SEGMENT_TARGET_BYTES) return;
+        await this.closeActive();
+      }
+      this.segments.shift();
+      if (this.reader?.segment === segment) {
+        await this.reader.handle.close().catch(() => undefined);
+        this.reader = undefined;
+      }
+      await fs.rm(segment.file, { force: true });
+    }
+  }
+
+  /** Finishes pending writes, records delivery progress, and lets go of the folder. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    if (this.flushing) await this.flushing;
+    this.state = 'closed';
+    clearTimeout(this.cursorTimer);
+    this.cursorTimer = undefined;
+    try {
+      await this.saveCursor();
+      if (!this.entries.length) {
+        // Nothing left: leave a clean folder (the mark is not needed once no segment remains).
+        await this.closeActive();
+        for (const segment of this.segments) await fs.rm(segment.file, { force: true });
+        this.segments = [];
+        await fs.rm(path.join(this.dir, CURSOR_FILE), { force: true });
+      }
+    } finally {
+      await this.closeActive();
+      await this.reader?.handle.close().catch(() => undefined);
+      this.reader = undefined;
+      await this.releaseLock();
+    }
+  }
+}
+
+/** Thrown by a transport when the server refused a message for good (retrying cannot help). */
+export class RefusedError extends Error {
+  readonly refused = true;
+}
+
+export function isRefused(err: unknown): boolean {
+  return Boolean((err as { refused?: unknown })?.refused);
+}
+
+export interface DrainerHooks {
+  /** The queue changed (length or counters). */
+  onChange?: () => void;
+  /** A refused message was set aside after its last attempt. */
+  onDeadLetter?: (message: SpooledMessage, reason: string, file: string) => void;
+  onWarning?: (text: string) => void;
 }
 
 /**
  * Delivers spooled messages one at a time, in order, while the link is up. A message leaves the
  * spool only after the transport confirmed it (QoS 1: the PUBACK), so delivery is at least once and
- * in order; the one in flight when a link drops is sent again after reconnecting.
+ * in order; the one in flight when a link drops is sent again after reconnecting. A failed send is
+ * retried by a timer with back-off, so delivery resumes without new traffic; a message the server
+ * refuses for good is tried `maxAttempts` times, then set aside so the ones behind it go on.
  */
 export class SpoolDrainer {
   private draining = false;
-  private stopped = false;
+  private again = false;
+  private stopped = true;
+  private retryTimer?: NodeJS.Timeout;
+  private readonly backoff: Backoff;
+  private refusals = { seq: 0, count: 0 };
 
   constructor(
     private readonly spool: DiskSpool,
     private readonly send: (m: SpooledMessage) => Promise<void>,
     private readonly isUp: () => boolean,
-    private readonly onChange: () => void = () => undefined,
-  ) {}
+    private readonly hooks: DrainerHooks = {},
+    private readonly options: { maxAttempts?: number; minRetryMs?: number; maxRetryMs?: number } = {},
+  ) {
+    this.backoff = new Backoff(options.minRetryMs ?? 500, options.maxRetryMs ?? 10_000, 2);
+  }
 
   async submit(message: SpooledMessage): Promise<void> {
     await this.spool.push(message);
-    this.onChange();
+    this.hooks.onChange?.();
+    this.kick();
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.backoff.reset();
     this.kick();
   }
 
   /** Starts a drain pass if the link is up and none is running. */
   kick(): void {
-    if (this.draining || this.stopped || !this.isUp()) return;
+    if (this.stopped || !this.isUp()) return;
+    if (this.draining) {
+      this.again = true;
+      return;
+    }
     this.draining = true;
-    this.drain().finally(() => {
-      this.draining = false;
-    });
+    this.again = false;
+    this.drain()
+      .catch((err) => {
+        this.hooks.onWarning?.(`delivery from the spool stopped: ${(err as Error).message}; retrying`);
+        this.retryLater();
+      })
+      .finally(() => {
+        this.draining = false;
+        if (this.again) this.kick();
+      });
   }
 
   stop(): void {
     this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+  }
+
+  private retryLater(): void {
+    if (this.stopped || this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.kick();
+    }, this.backoff.next());
   }
 
   private async drain(): Promise<void> {
     while (!this.stopped && this.isUp()) {
       const head = await this.spool.peek();
+      this.hooks.onChange?.();
       if (!head) return;
       try {
         await this.send(head);
-      } catch {
-        return; // the link went down; the next 'connected' kicks again
+      } catch (err) {
+        if (this.stopped) return;
+        if (isRefused(err)) {
+          if (this.refusals.seq !== head.seq) this.refusals = { seq: head.seq, count: 0 };
+          if (++this.refusals.count >= (this.options.maxAttempts ?? 3)) {
+            const reason = (err as Error).message;
+            const file = await this.spool.deadLetter(head, reason);
+            this.hooks.onChange?.();
+            this.hooks.onDeadLetter?.(head, reason, file);
+            continue;
+          }
+        }
+        this.retryLater(); // link trouble or a refusal not yet final: again after a pause
+        return;
       }
+      this.backoff.reset();
       await this.spool.remove(head.seq);
-      this.onChange();
+      this.hooks.onChange?.();
     }
   }
 }

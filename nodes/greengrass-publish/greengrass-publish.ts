@@ -1,6 +1,6 @@
 /** greengrass-publish: sends msg.payload through a greengrass-connection (IPC or MQTT, spooled). */
-import { errorMessage, Node, NodeAPI, NodeDef } from '../lib/red-types';
-import type { GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
+import { errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
+import type { DeadLetter, GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
 import { encodePayload, renderTopic, toAwsMlInferenceMessage } from './publish-format';
 
 module.exports = function (RED: NodeAPI) {
@@ -12,23 +12,46 @@ module.exports = function (RED: NodeAPI) {
     const qos: 0 | 1 = Number(config.qos) === 0 ? 0 : 1;
     const destination = config.destination === 'iotcore' ? 'iotcore' : 'local';
     const awsFormat = config.format === 'aws-ml';
+    const allowReserved = config.allowReserved === true || config.allowReserved === 'true';
+    let settingError: string | undefined;
+    let expirySeconds = 0;
+    try {
+      expirySeconds = numberSetting(config.expiry, 0, { min: 0, max: 4_294_967_295 });
+    } catch (err) {
+      settingError = `Expires after: ${errorMessage(err)} (seconds; empty or 0: never)`;
+    }
     let published = 0;
     let warnedOutage = false;
 
     function showStatus() {
       if (!connection) return;
+      if (settingError) return node.status({ fill: 'red', shape: 'ring', text: settingError.slice(0, 60) });
       const { state, lastError, queued } = connection;
       const via = connection.transportName === 'ipc' ? 'IPC' : 'MQTT';
+      const counters = connection.spoolCounters();
+      const losses = counters
+        ? [counters.expired && `${counters.expired} expired`, counters.deadLettered && `${counters.deadLettered} refused`, counters.dropped && `${counters.dropped} dropped`]
+          .filter(Boolean).join(' · ')
+        : '';
+      const extra = `${queued ? ` · ${queued} queued` : ''}${losses ? ` · ${losses}` : ''}`;
       if (state === 'connected') {
         warnedOutage = false;
-        node.status({ fill: queued ? 'yellow' : 'green', shape: 'dot', text: `${via} connected · ${published} sent${queued ? ` · ${queued} queued` : ''}` });
+        node.status({ fill: queued ? 'yellow' : 'green', shape: 'dot', text: `${via} connected · ${published} sent${extra}` });
       } else if (state === 'connecting') {
-        node.status({ fill: 'yellow', shape: 'ring', text: `connecting${queued ? ` · ${queued} queued` : ''}` });
+        node.status({ fill: 'yellow', shape: 'ring', text: `connecting${extra}` });
       } else if (state === 'disconnected') {
-        node.status({ fill: 'red', shape: 'ring', text: `${queued ? `${queued} queued · ` : ''}disconnected${lastError ? `: ${lastError}` : ''}`.slice(0, 80) });
+        node.status({ fill: 'red', shape: 'ring', text: `disconnected${extra}${lastError ? `: ${lastError}` : ''}`.slice(0, 80) });
       } else if (state === 'error') {
         node.status({ fill: 'red', shape: 'ring', text: (lastError ?? 'error').slice(0, 60) });
       }
+    }
+
+    /** A message the server refused for good, set aside by the spool: one report, to Catch. */
+    function reportDeadLetter(letter: DeadLetter) {
+      node.error(`gave up on a message to ${letter.topic} after repeated refusals: ${letter.reason}; it is kept in ${letter.file}`, {
+        topic: letter.topic, payload: letter,
+      });
+      showStatus();
     }
 
     if (!connection) {
@@ -36,6 +59,7 @@ module.exports = function (RED: NodeAPI) {
     } else {
       connection.events.on('state', showStatus);
       connection.events.on('queue', showStatus);
+      connection.events.on('deadletter', reportDeadLetter);
       connection.register(node);
       showStatus();
     }
@@ -43,9 +67,13 @@ module.exports = function (RED: NodeAPI) {
     node.on('input', async (msg, send, done) => {
       try {
         if (!connection) throw new Error('no greengrass-connection config node is selected');
+        if (settingError) throw new Error(settingError);
         const topic = renderTopic(template || String(msg.topic ?? ''), msg);
-        const body = awsFormat ? toAwsMlInferenceMessage(msg.payload) : msg.payload;
-        const outcome = await connection.publish(topic, encodePayload(body), qos, destination);
+        const body = awsFormat ? toAwsMlInferenceMessage(msg.payload, msg.frame) : msg.payload;
+        const outcome = await connection.publish({
+          topic, payload: encodePayload(body), qos, destination, allowReserved,
+          expiresAt: expirySeconds > 0 ? Date.now() + expirySeconds * 1000 : undefined,
+        });
         published++;
         if (outcome === 'queued' && connection.state !== 'connected' && !warnedOutage) {
           // Once per outage, so a Catch node can alert someone; the result itself is safe in the spool.
@@ -60,11 +88,12 @@ module.exports = function (RED: NodeAPI) {
       }
     });
 
-    node.on('close', (_removed: boolean, done: () => void) => {
+    node.on('close', (removed: boolean, done: () => void) => {
       if (!connection) return done();
       connection.events.off('state', showStatus);
       connection.events.off('queue', showStatus);
-      connection.deregister(node, done);
+      connection.events.off('deadletter', reportDeadLetter);
+      connection.deregister(node, done, removed);
     });
   }
 

@@ -30,16 +30,11 @@ export function renderTopic(template: string, msg: Record<string, unknown>, env:
     if (value === undefined || value === null || value === '') {
       throw new Error(`topic template "${template}" needs msg.${expression.replace(/^msg\./, '')}, which is missing`);
     }
-    return String(value).replace(/[/+#]/g, '_');
+    return String(value).replace(/[/+#\u0000]/g, '_');
   });
-  validateTopic(topic);
-  return topic;
-}
-
-export function validateTopic(topic: string): void {
+  // The rest (NUL, wildcards, reserved $ topics, length) is checked by the connection, which knows its limits.
   if (!topic) throw new Error('no topic: set one on the node or in msg.topic');
-  if (/[+#]/.test(topic)) throw new Error(`topic "${topic}" contains a wildcard (+ or #), which cannot be published to`);
-  if (Buffer.byteLength(topic) > 65535) throw new Error('topic is longer than MQTT allows');
+  return topic;
 }
 
 export function encodePayload(payload: unknown): Buffer | string {
@@ -64,14 +59,17 @@ interface Scored {
  * The message shape of AWS's Greengrass ML inference components (aws.greengrass.DLRImageClassification
  * and friends), so IoT rules and dashboards built for them keep working.
  */
-export function toAwsMlInferenceMessage(payload: unknown, now = new Date()): Record<string, unknown> {
+export function toAwsMlInferenceMessage(payload: unknown, frame?: unknown, now = new Date()): Record<string, unknown> {
   const p = payload as Scored | undefined;
   if (!p || typeof p !== 'object') throw new Error('the AWS ML inference format needs msg.payload to be a classification {label, score, topK}');
   const predictions = Array.isArray(p.topK) && p.topK.length ? p.topK : [{ label: p.label, score: p.score }];
   if (!predictions.every((x) => typeof x.label === 'string' && typeof x.score === 'number')) {
     throw new Error('the AWS ML inference format needs msg.payload.topK as [{label, score}] (or label and score)');
   }
-  const at = typeof p.capturedAt === 'string' && !Number.isNaN(Date.parse(p.capturedAt)) ? new Date(p.capturedAt) : now;
+  // The capture time is on msg.frame when inference is wired straight in; on the payload when a flow copied it.
+  const capturedAt = [p.capturedAt, (frame as { capturedAt?: unknown } | undefined)?.capturedAt]
+    .find((t): t is string => typeof t === 'string' && !Number.isNaN(Date.parse(t)));
+  const at = capturedAt ? new Date(capturedAt) : now;
   const timestamp = at.toISOString().replace('T', ' ').replace('Z', '').replace(/\.(\d{3})$/, '.$1000');
   return {
     timestamp,

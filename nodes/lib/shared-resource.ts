@@ -1,28 +1,74 @@
 /**
  * The life of a config node's shared resource (a model session, a connection), as Node-RED's MQTT
- * broker node manages its client: started by the first user that registers, stopped when the last
- * one leaves or when the config node itself closes.
+ * broker node manages its client: started by the first user that registers; a user that is only
+ * redeployed (`removed` false) leaves it running, since the same user registers again a moment
+ * later; it stops when the last user is really removed, when the config node itself closes, or
+ * when no user has come back within a grace period (a user moved to another config node).
+ * Start and stop may alternate any number of times.
  */
 import type { Node } from './red-types';
 
 export interface SharedResourceNode extends Node {
   register(user: Node): void;
-  deregister(user: Node, done: () => void): void;
+  /** `removed`: the user was deleted from the flows (the `removed` argument of its close handler). */
+  deregister(user: Node, done: () => void, removed?: boolean): void;
 }
 
-export function shareAmongUsers(node: SharedResourceNode, start: () => void, stop: () => Promise<void>): void {
+/** How long a resource with no users stays up after its users were redeployed rather than removed. */
+export const IDLE_GRACE_MS = 30_000;
+
+export function shareAmongUsers(node: SharedResourceNode, start: () => void, stop: () => Promise<void>, idleGraceMs = IDLE_GRACE_MS): void {
   const users = new Set<string>();
+  let running = false;
+  let closed = false;
+  let idleTimer: NodeJS.Timeout | undefined;
+  let stopping: Promise<void> | undefined;
+
+  const stopNow = (): Promise<void> => {
+    clearTimeout(idleTimer);
+    idleTimer = undefined;
+    if (!running) return stopping ?? Promise.resolve();
+    running = false;
+    const done = stop()
+      .catch((err) => node.error(`stopping failed: ${err instanceof Error ? err.message : String(err)}`))
+      .finally(() => {
+        if (stopping === done) stopping = undefined;
+      });
+    stopping = done;
+    return done;
+  };
+
   node.register = (user) => {
     users.add(user.id);
-    if (users.size === 1) start();
+    clearTimeout(idleTimer);
+    idleTimer = undefined;
+    if (running || closed) return;
+    running = true;
+    if (!stopping) return start();
+    // A stop still finishing (the folder lock, a socket) must be over before the next start.
+    stopping.then(() => {
+      if (running && !closed) start();
+    });
   };
-  node.deregister = (user, done) => {
+
+  node.deregister = (user, done, removed = true) => {
     users.delete(user.id);
-    if (users.size === 0) stop().then(done, done);
-    else done();
+    if (users.size > 0 || !running) return done();
+    if (removed) {
+      stopNow().then(() => done());
+      return;
+    }
+    idleTimer = setTimeout(() => {
+      idleTimer = undefined;
+      if (users.size === 0) stopNow();
+    }, idleGraceMs);
+    idleTimer.unref();
+    done();
   };
+
   node.on('close', (_removed: boolean, done: () => void) => {
+    closed = true;
     users.clear();
-    stop().then(done, done);
+    stopNow().then(() => done());
   });
 }
