@@ -7,6 +7,7 @@ const { classifyBatch, checkInputFits } = require('../nodes/lib/model-io');
 const { FrameQueue } = require('../nodes/lib/frame-queue');
 const { Router, validateRules } = require('../nodes/ml-route/routing');
 const { renderTopic, encodePayload } = require('../nodes/greengrass-publish/publish-format');
+const { checkTopic, checkOutgoing } = require('../nodes/greengrass-connection/outgoing');
 const { readOnnxMetadataProps, describeModel } = require('../nodes/lib/onnx-metadata');
 const { toTensorValue } = require('../nodes/lib/tensor');
 const { parseBrokerUrl, parseProtocol } = require('../nodes/greengrass-connection/mqtt-transport');
@@ -103,9 +104,25 @@ test('Router with agreement waits for N consecutive frames per camera', () => {
 test('topic templates fill message fields and cannot add levels or wildcards', () => {
   assert.equal(renderTopic('recycling/{{frame.camera}}/result', { frame: { camera: 'cam1' } }), 'recycling/cam1/result');
   assert.equal(renderTopic('r/{{msg.frame.camera}}', { frame: { camera: 'a/b+#' } }), 'r/a_b__');
+  assert.equal(renderTopic('r/{{frame.camera}}', { frame: { camera: 'nul\u0000' } }), 'r/nul_');
   assert.throws(() => renderTopic('r/{{frame.camera}}', {}), /needs msg.frame.camera, which is missing/);
-  assert.throws(() => renderTopic('r/+/x', {}), /wildcard/);
-  assert.throws(() => renderTopic('', {}), /no topic/);
+});
+
+test('what brokers and the nucleus refuse is refused before a message is accepted', () => {
+  assert.equal(checkTopic('recycling/belt1/result'), 'recycling/belt1/result');
+  assert.throws(() => checkTopic('r/+/x'), /wildcard/);
+  assert.throws(() => checkTopic(''), /no topic/);
+  assert.throws(() => checkTopic(42), /expected the topic to be a string but received number/);
+  assert.throws(() => checkTopic('a\u0000b'), /NUL character/);
+  assert.throws(() => checkTopic('$aws/things/x/shadow/update'), /starts with \$.*allow \$ topics/);
+  assert.equal(checkTopic('$aws/things/x/shadow/update', { allowReserved: true }), '$aws/things/x/shadow/update');
+  assert.throws(() => checkTopic('x'.repeat(65_536)), /65536 bytes long; MQTT allows at most 65535/);
+  // AWS IoT Core quotas: topic at most 256 bytes and 7 slashes, payload at most 128 KB.
+  assert.throws(() => checkTopic('a/'.repeat(8) + 'b', { iotCore: true }), /has 8 slashes; AWS IoT Core takes at most 7/);
+  assert.throws(() => checkTopic('t'.repeat(257), { iotCore: true }), /257 bytes long; AWS IoT Core takes at most 256/);
+  assert.doesNotThrow(() => checkOutgoing({ topic: 't', payload: 'x'.repeat(128 * 1024) }, { iotCore: true }));
+  assert.throws(() => checkOutgoing({ topic: 't', payload: Buffer.alloc(128 * 1024 + 1) }, { iotCore: true }), /131073 bytes; AWS IoT Core takes at most 131072/);
+  assert.throws(() => checkOutgoing({ topic: 't', payload: 'xx' }, { maxPayloadBytes: 1 }), /2 bytes; the broker takes at most 1 bytes on t/);
 });
 
 test('payload encoding: JSON, typed arrays as arrays, buffers as bytes', () => {

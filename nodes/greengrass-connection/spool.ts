@@ -423,21 +423,26 @@ export class DiskSpool implements SpoolCounters {
     if (this.state !== 'open') return Promise.reject(new Error(`the spool ${this.dir} is not open`));
     return new Promise<void>((resolve, reject) => {
       this.pending.push({ message, resolve, reject });
-      if (!this.flushing) this.flushing = this.flush().finally(() => { this.flushing = undefined; });
+      if (!this.flushing) this.flushing = this.flush();
     });
   }
 
   /** Writes whatever is waiting as one batch, one fdatasync for all, until nothing waits. */
   private async flush(): Promise<void> {
-    while (this.pending.length) {
-      const batch = this.pending.splice(0);
-      try {
-        await this.appendBatch(batch.map((p) => p.message));
-        batch.forEach((p) => p.resolve());
-      } catch (err) {
-        const error = new Error(`cannot store the message in the spool folder ${this.dir}: ${(err as Error).message}`);
-        batch.forEach((p) => p.reject(error));
+    try {
+      while (this.pending.length) {
+        const batch = this.pending.splice(0);
+        try {
+          await this.appendBatch(batch.map((p) => p.message));
+          batch.forEach((p) => p.resolve());
+        } catch (err) {
+          const error = new Error(`cannot store the message in the spool folder ${this.dir}: ${(err as Error).message}`);
+          batch.forEach((p) => p.reject(error));
+        }
       }
+    } finally {
+      // Cleared in the same tick as the last check of `pending`, so a push that comes next starts a new flush.
+      this.flushing = undefined;
     }
   }
 

@@ -1,0 +1,247 @@
+// The disk spool on its own: order and limits across reopens, what a power cut, an operator or a
+// damaged disk leaves behind, the folder lock, expiry, and the drainer's retries and dead letters.
+// Power cuts are reproduced by writing what an interrupted append leaves (a cut record, zeros);
+// every damaged file must be set aside and the spool must go on, never throw at open.
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('fs');
+const path = require('path');
+const { spawnSync } = require('child_process');
+const { tmpDir, sleep, until } = require('./helpers');
+const { DiskSpool, SpoolDrainer, RefusedError } = require('../nodes/greengrass-connection/spool');
+
+const LIMITS = { maxMessages: 1000, maxBytes: 1e9 };
+const message = (n, extra = {}) => ({ topic: `t/${n}`, payload: JSON.stringify({ n }), qos: 1, at: n, ...extra });
+
+async function openSpool(dir, limits = LIMITS) {
+  const spool = new DiskSpool(dir, limits);
+  const warnings = [];
+  spool.onWarning = (text) => warnings.push(text);
+  await spool.open();
+  return { spool, warnings };
+}
+
+async function drainAll(spool) {
+  const seen = [];
+  for (let head = await spool.peek(); head; head = await spool.peek()) {
+    seen.push(typeof head.payload === 'string' ? JSON.parse(head.payload).n : head.payload);
+    await spool.remove(head.seq);
+  }
+  return seen;
+}
+
+const segments = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith('.log')).sort();
+const quarantined = (dir) => (fs.existsSync(path.join(dir, 'quarantine')) ? fs.readdirSync(path.join(dir, 'quarantine')) : []);
+
+test('order survives a reopen; when full the oldest go first, by count and by bytes', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir, { maxMessages: 3, maxBytes: 1e9 });
+  for (let i = 1; i <= 5; i++) await spool.push({ topic: `t/${i}`, payload: i % 2 ? `{"n":${i}}` : Buffer.from([i]), qos: 1, at: i });
+  assert.equal(spool.length, 3);
+  assert.equal(spool.dropped, 2);
+  await spool.close();
+
+  const { spool: reopened } = await openSpool(dir, { maxMessages: 3, maxBytes: 1e9 });
+  const seen = [];
+  for (let head = await reopened.peek(); head; head = await reopened.peek()) {
+    seen.push([head.topic, head.payload]);
+    await reopened.remove(head.seq);
+  }
+  assert.deepEqual(seen, [['t/3', '{"n":3}'], ['t/4', Buffer.from([4])], ['t/5', '{"n":5}']]);
+  await reopened.close();
+  assert.deepEqual(fs.readdirSync(dir), [], 'an emptied spool leaves a clean folder');
+
+  const { spool: small } = await openSpool(tmpDir('spool-'), { maxMessages: 100, maxBytes: 600 });
+  for (let i = 0; i < 10; i++) await small.push({ topic: 't', payload: 'x'.repeat(100), qos: 1, at: i });
+  assert.ok(small.bytes <= 600 && small.dropped > 0, `${small.bytes} bytes kept, ${small.dropped} dropped`);
+  await small.close();
+});
+
+test('many writes at once are all accepted, stored once each, and come back in order', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir, { maxMessages: 10_000, maxBytes: 1e9 });
+  await Promise.all(Array.from({ length: 2000 }, (_, i) => spool.push(message(i + 1))));
+  await spool.close();
+  const { spool: reopened } = await openSpool(dir, { maxMessages: 10_000, maxBytes: 1e9 });
+  assert.equal(reopened.length, 2000);
+  assert.deepEqual(await drainAll(reopened), Array.from({ length: 2000 }, (_, i) => i + 1));
+  await reopened.close();
+});
+
+test('a record cut short by a power cut is set aside; the records before it are kept', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  for (let i = 1; i <= 3; i++) await spool.push(message(i));
+  await spool.close();
+  const [segment] = segments(dir);
+  const file = path.join(dir, segment);
+  const whole = fs.readFileSync(file);
+  fs.writeFileSync(file, whole.subarray(0, whole.length - 7)); // the third append was torn
+
+  const { spool: reopened, warnings } = await openSpool(dir);
+  assert.equal(reopened.length, 2);
+  assert.equal(reopened.quarantined, 1);
+  assert.match(warnings.join('\n'), /the last record is cut short at byte \d+ .* the 2 records before it are kept/);
+  assert.equal(quarantined(dir).length, 1);
+  await reopened.push(message(4));
+  assert.deepEqual(await drainAll(reopened), [1, 2, 4]);
+  await reopened.close();
+});
+
+test('zeros where a record should be (a power cut after the size grew) and a flipped byte are set aside', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  for (let i = 1; i <= 4; i++) await spool.push(message(i));
+  await spool.close();
+  const file = path.join(dir, segments(dir)[0]);
+  const whole = fs.readFileSync(file);
+  const recordBytes = whole.length / 4;
+  const flipped = Buffer.from(whole);
+  flipped[Math.floor(recordBytes * 2.5)] ^= 0x20; // inside the third record's JSON
+  fs.writeFileSync(file, Buffer.concat([flipped, Buffer.alloc(64)]));
+
+  const { spool: reopened, warnings } = await openSpool(dir);
+  assert.match(warnings.join('\n'), /fails its checksum/);
+  assert.deepEqual(await drainAll(reopened), [1, 2]);
+  await reopened.close();
+});
+
+test('files of the one-file-per-message format are imported; empty, invalid and mistyped ones are set aside', async () => {
+  const dir = tmpDir('spool-');
+  const legacy = (name, content) => fs.writeFileSync(path.join(dir, name), content);
+  legacy('00000000000001.msg', JSON.stringify({ topic: 't/1', qos: 1, encoding: 'utf8', payload: '{"n":1}', at: 1 }));
+  legacy('00000000000002.msg', '');
+  legacy('00000000000003.msg', '{"topic": "t/3", "qos"');
+  legacy('00000000000004.msg', JSON.stringify({ topic: 7, qos: 'x', encoding: 'utf8', payload: {} }));
+  legacy('00000000000005.msg', JSON.stringify({ topic: 't/5', qos: 0, encoding: 'base64', payload: Buffer.from([5]).toString('base64'), at: 5 }));
+  legacy('00000000000006.msg', '[1, 2, 3]');
+  const { spool, warnings } = await openSpool(dir);
+  assert.equal(spool.length, 2);
+  assert.equal(spool.quarantined, 4);
+  assert.match(warnings.join('\n'), /00000000000002\.msg is not a readable spooled message \(the file is empty\)/);
+  assert.match(warnings.join('\n'), /00000000000004\.msg .*expected topic to be a non-empty string but received 7/);
+  assert.deepEqual(await drainAll(spool), [1, Buffer.from([5])]);
+  assert.equal(fs.readdirSync(dir).filter((f) => f.endsWith('.msg')).length, 0);
+  assert.equal(quarantined(dir).length, 4);
+  await spool.close();
+});
+
+test('a segment name past 2^53 or not a number is set aside, not trusted', async () => {
+  const dir = tmpDir('spool-');
+  fs.writeFileSync(path.join(dir, '99999999999999999999.log'), 'whatever');
+  fs.writeFileSync(path.join(dir, 'notes.log'), 'an operator wrote here');
+  const { spool } = await openSpool(dir);
+  assert.equal(spool.quarantined, 2);
+  await spool.push(message(1));
+  assert.deepEqual(await drainAll(spool), [1]);
+  await spool.close();
+});
+
+test('a damaged delivery mark means messages may go again, never that they are lost', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  for (let i = 1; i <= 3; i++) await spool.push(message(i));
+  const head = await spool.peek();
+  await spool.remove(head.seq);
+  await spool.close();
+  assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'delivered'), 'utf8')).seq, 1);
+  fs.writeFileSync(path.join(dir, 'delivered'), '{"seq": "garbage"');
+  const { spool: reopened, warnings } = await openSpool(dir);
+  assert.match(warnings.join('\n'), /delivery mark delivered is damaged .* may be sent again/);
+  assert.deepEqual(await drainAll(reopened), [1, 2, 3]);
+  await reopened.close();
+});
+
+test('segments an operator deletes during an outage are skipped and counted; later messages still go', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  for (let i = 1; i <= 3; i++) await spool.push(message(i));
+  for (const name of segments(dir)) fs.rmSync(path.join(dir, name));
+  const head = await spool.peek();
+  assert.equal(head, undefined);
+  assert.equal(spool.lost, 3);
+  await spool.push(message(4));
+  assert.deepEqual(await drainAll(spool), [4]);
+  await spool.close();
+});
+
+test('one folder, one owner: a second spool is refused by name, a dead owner\'s lock is taken over', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  await assert.rejects(new DiskSpool(dir, LIMITS).open(), /already used by another connection in this Node-RED .* give each connection its own spool folder/);
+  await spool.close();
+
+  // A lock held by a live process elsewhere on this host (this test's parent) is respected.
+  fs.writeFileSync(path.join(dir, 'spool.lock'), JSON.stringify({ pid: process.ppid, host: require('os').hostname(), since: 'earlier' }));
+  await assert.rejects(new DiskSpool(dir, LIMITS).open(), new RegExp(`in use by process ${process.ppid}`));
+
+  // The lock of a process that has ended (a power cut, a kill -9) is taken over with a warning.
+  const ended = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString();
+  fs.writeFileSync(path.join(dir, 'spool.lock'), JSON.stringify({ pid: Number(ended), host: require('os').hostname(), since: 'earlier' }));
+  const { spool: taken, warnings } = await openSpool(dir);
+  assert.match(warnings.join('\n'), new RegExp(`took over the spool folder .* from process ${ended}`));
+  await taken.close();
+  assert.ok(!fs.existsSync(path.join(dir, 'spool.lock')));
+});
+
+test('expired messages are dropped unsent and counted', async () => {
+  const { spool } = await openSpool(tmpDir('spool-'));
+  const now = Date.now();
+  await spool.push(message(1, { expiresAt: now - 1 }));
+  await spool.push(message(2, { expiresAt: now + 60_000 }));
+  await spool.push(message(3, { expiresAt: now - 1 }));
+  await spool.push(message(4));
+  assert.deepEqual(await drainAll(spool), [2, 4]);
+  assert.equal(spool.expired, 2);
+  await spool.close();
+});
+
+test('drainer: a refused message is set aside after three tries and the rest go on; link trouble is retried without new traffic', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  const delivered = [];
+  const deadLetters = [];
+  let up = true;
+  let failNext = 0;
+  let attemptsOn2 = 0;
+  const drainer = new SpoolDrainer(spool, async (m) => {
+    const { n } = JSON.parse(m.payload);
+    if (failNext > 0) {
+      failNext--;
+      throw new Error('connection reset');
+    }
+    if (n === 2) {
+      attemptsOn2++;
+      throw new RefusedError('PUBACK reason 135 (not authorized)');
+    }
+    delivered.push(n);
+  }, () => up, { onDeadLetter: (m, reason, file) => deadLetters.push({ n: JSON.parse(m.payload).n, reason, file }) }, { minRetryMs: 20, maxRetryMs: 40 });
+  drainer.start();
+  for (let i = 1; i <= 4; i++) await drainer.submit(message(i));
+  await until(() => delivered.length === 3, 5000, 'the messages behind the refused one');
+  assert.deepEqual(delivered, [1, 3, 4]);
+  assert.equal(attemptsOn2, 3);
+  assert.equal(deadLetters.length, 1);
+  assert.equal(deadLetters[0].reason, 'PUBACK reason 135 (not authorized)');
+  const letter = JSON.parse(fs.readFileSync(deadLetters[0].file, 'utf8'));
+  assert.equal(letter.topic, 't/2');
+  assert.equal(letter.payload, '{"n":2}');
+  assert.equal(spool.deadLettered, 1);
+
+  // Two failed sends, then nothing new arrives: the retry timer alone must deliver it.
+  failNext = 2;
+  await drainer.submit(message(5));
+  await until(() => delivered.includes(5), 5000, 'a retry after link trouble');
+
+  // Stopped (the last user left) and started again (a Modified Flows deploy): delivery resumes.
+  drainer.stop();
+  up = false;
+  await drainer.submit(message(6));
+  await sleep(100);
+  assert.ok(!delivered.includes(6));
+  up = true;
+  drainer.start();
+  await until(() => delivered.includes(6), 5000, 'delivery after a restart of the drainer');
+  drainer.stop();
+  await spool.close();
+});
