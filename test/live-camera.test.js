@@ -14,6 +14,8 @@ const { parseDigestChallenge, digestAuthorization } = require('../nodes/ml-camer
 const { detectSourceType } = require('../nodes/ml-camera/sources');
 
 const helper = redHelper();
+const unhandled = [];
+process.on('unhandledRejection', (reason) => unhandled.push(reason));
 const nodes = [node('ml-camera'), coreNode('common/25-catch.js')];
 const frames = validationPhotos(1).map((p) => fs.readFileSync(p.file));
 
@@ -150,7 +152,7 @@ async function mjpegCamera({ port, fps = 20, user = 'viewer', password = 'pw' } 
   server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
   await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
   return {
-    port, state,
+    port, state, server,
     url: `http://127.0.0.1:${port}/video.mjpg`,
     close: () => new Promise((resolve) => { for (const s of sockets) s.destroy(); server.close(resolve); }),
   };
@@ -343,22 +345,56 @@ test('RTSP: wrong credentials and a missing ffmpeg are catchable errors that say
   }
 });
 
-/** GStreamer's RTSP server: RTP over the RTSP TCP connection as well as UDP, basic authentication. */
-async function gstreamerCamera(user, password) {
-  const port = await freePort();
-  const child = killOnExit(require('child_process').spawn('/usr/bin/python3', [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), user, password], { stdio: ['ignore', 'pipe', 'ignore'] }));
+/** GStreamer's RTSP server: RTP only over the RTSP TCP connection, basic authentication. */
+async function gstreamerCamera(user, password, port) {
+  port = port ?? (await freePort());
+  const args = [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), ...(user ? [user, password] : [])];
+  const child = killOnExit(require('child_process').spawn('/usr/bin/python3', args, { stdio: ['ignore', 'pipe', 'ignore'] }));
   await new Promise((resolve, reject) => {
     child.stdout.once('data', resolve);
     child.once('exit', (code) => reject(new Error(`the GStreamer RTSP camera exited with ${code}`)));
   });
   return {
+    port,
+    pid: child.pid,
     url: `rtsp://127.0.0.1:${port}/cam`,
     close: () => new Promise((resolve) => {
-      if (child.exitCode !== null) return resolve();
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
       child.once('exit', resolve);
+      child.kill('SIGCONT'); // a stopped process would not act on SIGTERM
       child.kill('SIGTERM');
     }),
   };
+}
+
+/** Decoding ffmpeg processes started by this test process (children of it, not zombies). */
+function ourDecoders() {
+  const found = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(ppid) !== process.pid || state === 'Z') continue;
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      if (path.basename(cmd[0]) === 'ffmpeg' && cmd.includes('mpjpeg')) found.push(Number(pid));
+    } catch {
+      /* gone */
+    }
+  }
+  return found;
+}
+
+/** Samples ourDecoders() every 50 ms until stopped: the most seen at once, and every pid seen. */
+function watchDecoders() {
+  const seen = { max: 0, pids: new Set(), samples: 0 };
+  const timer = setInterval(() => {
+    const now = ourDecoders();
+    seen.samples++;
+    seen.max = Math.max(seen.max, now.length);
+    for (const pid of now) seen.pids.add(pid);
+  }, 50);
+  seen.stop = () => clearInterval(timer);
+  return seen;
 }
 
 test('RTSP over TCP (interleaved, as IP cameras are mostly used): frames arrive through the credentials file; a wrong password says so', async () => {
@@ -374,6 +410,13 @@ test('RTSP over TCP (interleaved, as IP cameras are mostly used): frames arrive 
     await cameraFlow({ source: camera.url, transport: 'tcp' }, { user: 'operator', password: 'wrong' });
     const caught = await nextMessage(helper.getNode('errors'), 15_000);
     assert.match(caught.error.message, /the camera refused the user name or password \(401\)/);
+    await helper.unload();
+    // The camera allows TCP only, so this proves the frames above came over TCP: UDP is refused.
+    await cameraFlow({ source: camera.url, transport: 'udp' }, { user: 'operator', password: 'tcp-S3cret' });
+    const overUdp = recorder('out');
+    const refused = await nextMessage(helper.getNode('errors'), 15_000);
+    assert.match(refused.error.message, /RTSP stream rtsp:\/\/127\.0\.0\.1:\d+\/cam: the camera does not offer this RTSP transport \(461\)/);
+    assert.equal(overUdp.length, 0, 'no frame over UDP');
   } finally {
     await camera.close();
   }
@@ -392,4 +435,101 @@ test('RTSP: 100 redeploys leave no ffmpeg process behind', async () => {
   } finally {
     await camera.close();
   }
+});
+
+test('RTSP over TCP: a 4 s stall (server SIGSTOPped) never runs more than one ffmpeg, and none is left after undeploy', async () => {
+  const camera = await gstreamerCamera();
+  const decoders = watchDecoders();
+  try {
+    await cameraFlow({ source: camera.url, transport: 'tcp', interval: 200, watchdog: 1500 });
+    const out = recorder('out');
+    const events = recorder('events');
+    await until(() => out.length >= 2, 15_000, 'frames before the stall');
+    const firstDecoder = ourDecoders();
+    assert.equal(firstDecoder.length, 1, 'one decoder while streaming');
+    process.kill(camera.pid, 'SIGSTOP');
+    await sleep(4000);
+    process.kill(camera.pid, 'SIGCONT');
+    const resumedFrom = out.length;
+    await until(() => out.length >= resumedFrom + 3, 20_000, 'frames after the stall');
+    await sleep(2000); // late exits or duplicate reconnects would show up here
+    const during = decoders.max;
+    const now = ourDecoders();
+    console.log(`# 4 s RTSP stall: at most ${during} ffmpeg at once (${decoders.samples} samples), ${decoders.pids.size} started in all, ${now.length} running after recovery`);
+    assert.equal(during, 1, 'never two decoders for one camera');
+    assert.equal(now.length, 1, 'exactly one decoder after recovery');
+    assert.ok(decoders.pids.size >= 2, 'the stalled decoder was replaced');
+    const sequence = events.map((e) => e.payload.event).join(',');
+    assert.match(sequence, /^online,offline,online$/, `events: ${sequence}`);
+    await helper.unload();
+    assert.deepEqual(ourDecoders(), [], 'undeploy waits for every ffmpeg to exit');
+    for (const pid of decoders.pids) assert.throws(() => process.kill(pid, 0), /ESRCH/, `ffmpeg ${pid} is gone`);
+  } finally {
+    decoders.stop();
+    await camera.close();
+  }
+});
+
+/** Polls until the recorder holds more than `count` frames; the time it took, in ms. */
+async function resumeTime(out, count, since) {
+  await until(() => out.length > count, 30_000, 'frames after the camera came back');
+  return out[count].receivedAt - since;
+}
+
+test('RTSP over TCP: after a 15 s outage frames are back within 5 s of the camera', async () => {
+  let camera = await gstreamerCamera();
+  const { port } = camera;
+  const decoders = watchDecoders();
+  try {
+    await cameraFlow({ source: camera.url, transport: 'tcp', interval: 200, watchdog: 1500 });
+    const out = recorder('out');
+    await until(() => out.length >= 2, 15_000, 'frames before the outage');
+    await camera.close();
+    await sleep(15_000);
+    const before = out.length;
+    camera = await gstreamerCamera(undefined, undefined, port);
+    const backAt = Date.now(); // the camera answers from here on
+    const resumedMs = await resumeTime(out, before, backAt);
+    console.log(`# RTSP (TCP) frames resumed ${(resumedMs / 1000).toFixed(1)} s after the camera came back from a 15 s outage; at most ${decoders.max} ffmpeg at once, ${decoders.pids.size} started in all`);
+    assert.ok(resumedMs <= 7000, `resumed ${resumedMs} ms after the camera returned (target 5 s, 2 s slack for a loaded machine)`);
+    assert.equal(decoders.max, 1, 'never two decoders');
+    assert.ok(decoders.pids.size <= 3, `no ffmpeg is started while the camera's port is closed (${decoders.pids.size} started)`);
+  } finally {
+    decoders.stop();
+    await camera.close();
+  }
+});
+
+test('MJPEG: after a 15 s outage frames are back within 5 s; an undeployed camera stops probing', async () => {
+  let camera = await mjpegCamera();
+  const { port } = camera;
+  try {
+    await cameraFlow({ source: camera.url, watchdog: 1500 }, { user: 'viewer', password: 'pw' });
+    const out = recorder('out');
+    await until(() => out.length >= 2, 5000, 'frames before the outage');
+    await camera.close();
+    await sleep(15_000);
+    const before = out.length;
+    camera = await mjpegCamera({ port });
+    const backAt = Date.now();
+    const resumedMs = await resumeTime(out, before, backAt);
+    console.log(`# MJPEG frames resumed ${(resumedMs / 1000).toFixed(1)} s after the camera came back from a 15 s outage`);
+    assert.ok(resumedMs <= 7000, `resumed ${resumedMs} ms after the camera returned (target 5 s, 2 s slack for a loaded machine)`);
+
+    // Undeployed during an outage: no timer, probe or request may survive to reach the camera later.
+    await camera.close();
+    await sleep(2500); // the node is now probing the closed port
+    await helper.unload();
+    let connections = 0;
+    camera = await mjpegCamera({ port });
+    camera.server.on('connection', () => connections++);
+    await sleep(3000);
+    assert.equal(connections, 0, 'nothing connects after the node closed');
+  } finally {
+    await camera.close();
+  }
+});
+
+test('no promise rejection went unhandled in these tests', () => {
+  assert.deepEqual(unhandled.map(String), []);
 });
