@@ -8,8 +8,12 @@ const path = require('path');
 const sharp = require('sharp');
 const { node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, nextMessage, sleep, until } = require('./helpers');
 const { listImages } = require('../nodes/ml-camera/sources');
+const { HttpCameraAuth } = require('../nodes/ml-camera/http-auth');
+const { captureDeadlineMs, readCameraTiming } = require('../nodes/ml-camera/camera-settings');
 
 const helper = redHelper();
+const unhandled = [];
+process.on('unhandledRejection', (reason) => unhandled.push(reason));
 const nodes = [node('ml-camera'), coreNode('common/25-catch.js')];
 const photos = validationPhotos(2);
 
@@ -189,6 +193,38 @@ function statuses(id = 'cam') {
   return shown;
 }
 
+test('credentials go out only when asked over http, pre-emptively only over https, and a refusal is final', () => {
+  const plain = new HttpCameraAuth('operator', 's3cret', false);
+  assert.equal(plain.header('GET', '/a.jpg'), undefined, 'nothing before the camera asks');
+  assert.equal(plain.challenge(['Basic realm="cam"'], false), 'retry');
+  assert.equal(plain.header('GET', '/a.jpg'), 'Basic ' + Buffer.from('operator:s3cret').toString('base64'));
+  assert.equal(plain.challenge(['Basic realm="cam"'], true), 'refused', 'Basic sent and refused');
+  const digest = new HttpCameraAuth('operator', 's3cret', false);
+  assert.equal(digest.challenge(['Basic realm="cam"', 'Digest realm="cam", nonce="n1", qop="auth"'], false), 'retry');
+  assert.match(digest.header('GET', '/a.jpg'), /^Digest .*nc=00000001/, 'Digest preferred when both are offered');
+  assert.match(digest.header('GET', '/a.jpg'), /nc=00000002/, 'the nonce count grows');
+  assert.equal(digest.challenge(['Digest realm="cam", nonce="n2", qop="auth"'], true), 'retry', 'a new nonce is answered');
+  assert.equal(digest.challenge(['Digest realm="cam", nonce="n2", qop="auth"'], true), 'refused', 'the same nonce refused twice is final');
+  assert.equal(digest.challenge(['Digest realm="cam", nonce="n2", qop="auth", stale=true'], true), 'retry', 'a stale nonce is renewed');
+  const secure = new HttpCameraAuth('operator', 's3cret', true);
+  assert.match(secure.header('GET', '/a.jpg'), /^Basic /, 'pre-emptive Basic over https');
+  assert.equal(new HttpCameraAuth(undefined, '', false).challenge(['Basic realm="cam"'], false), 'no-credentials');
+  assert.equal(plain.challenge(['NTLM'], false), 'refused', 'a scheme we cannot answer');
+});
+
+test('the capture deadline is 3 intervals, at least 10 s and the idle timeout, at most 10 min', () => {
+  assert.equal(captureDeadlineMs(100, 2000), 10_000);
+  assert.equal(captureDeadlineMs(0, 5000), 10_000);
+  assert.equal(captureDeadlineMs(60_000, 5000), 180_000);
+  assert.equal(captureDeadlineMs(1000, 30_000), 30_000);
+  assert.equal(captureDeadlineMs(3_600_000, 5000), 600_000);
+  assert.deepEqual(readCameraTiming({ interval: '${SORTER_INTERVAL_MS}' }), { intervalMs: 1000, timeoutMs: 5000, watchdogMs: 10_000, maxFps: 0, captureDeadlineMs: 10_000 });
+  assert.equal(readCameraTiming({ interval: '0' }).intervalMs, 0);
+  assert.throws(() => readCameraTiming({ interval: 49 }), /^Error: Expected interval of at least 50 ms \(or 0: capture only when a message arrives\) but received 49$/);
+  assert.throws(() => readCameraTiming({ watchdog: 100 }), /^Error: Expected watchdog of at least 500 ms but received 100$/);
+  assert.throws(() => readCameraTiming({ maxFps: 500 }), /Expected maxFps of at most 120 frames per second \(0: twice the emission rate\) but received 500/);
+});
+
 test('a snapshot over plain HTTP sends no credentials until the camera asks, then Basic as asked', async () => {
   const image = fs.readFileSync(photos[0].file);
   const server = await snapshotServer(image);
@@ -244,6 +280,17 @@ test('a snapshot that trickles a byte every 300 ms is aborted at the capture dea
     const busy = shown.filter((t) => /^capture busy for \d+\.\d s: skipped \d+ ticks$/.test(t));
     assert.ok(busy.length >= 3, `skipped ticks are shown while the capture hangs: ${shown.slice(0, 5).join(' | ')}`);
     assert.ok(Number(/skipped (\d+)/.exec(busy[busy.length - 1])[1]) >= 10, busy[busy.length - 1]);
+
+    // Undeployed in the middle of a capture: the request is aborted at once and nothing follows.
+    await helper.unload();
+    const before = server.requests.length;
+    await cameraFlow({ source: `${server.url}/trickle.jpg`, interval: 100 });
+    await until(() => server.requests.length === before + 1, 5000, 'the capture of the new deploy to start');
+    await sleep(500);
+    await helper.unload();
+    await until(() => server.requests[before].aborted, 2000, 'the request to be aborted by the close');
+    await sleep(500);
+    assert.equal(server.requests.length, before + 1, 'no request after the node closed');
   } finally {
     await server.close();
   }
@@ -343,4 +390,8 @@ test('wrong credentials, a silent camera and a closed port each say what to fix'
   const caught = nextMessage(helper.getNode('errors'));
   helper.getNode('cam').receive({});
   assert.match((await caught).error.message, /ECONNREFUSED.*nothing listens there/);
+});
+
+test('no promise rejection went unhandled in these tests', () => {
+  assert.deepEqual(unhandled.map(String), []);
 });

@@ -124,11 +124,12 @@ test('ffmpeg errors are turned into what to fix', () => {
 /** An MJPEG camera: multipart frames at `fps`, digest auth, and switches to stall or stop. */
 async function mjpegCamera({ port, fps = 20, user = 'viewer', password = 'pw' } = {}) {
   port = port ?? (await freePort());
-  const state = { sent: 0, stalled: false, sentAt: new Map() };
+  const state = { sent: 0, stalled: false, sentAt: new Map(), authorizations: [] };
   const nonce = crypto.randomBytes(8).toString('hex');
   const md5 = (s) => crypto.createHash('md5').update(s).digest('hex');
   const sockets = new Set();
   const server = http.createServer((req, res) => {
+    state.authorizations.push(req.headers.authorization);
     const auth = req.headers.authorization ?? '';
     const p = Object.fromEntries([...auth.matchAll(/(\w+)="?([^",]+)"?/g)].map((m) => [m[1], m[2]]));
     const expected = md5(`${md5(`${user}:cam:${password}`)}:${nonce}:${p.nc}:${p.cnonce}:auth:${md5(`GET:${req.url}`)}`);
@@ -181,6 +182,10 @@ test('MJPEG: the latest frame is emitted at the configured rate, through digest 
     assert.ok(camera.state.sent > out.length * 3, 'the camera sends far more frames than are emitted; the rest are dropped, not queued');
     assert.equal(events[0].payload.event, 'online');
     assert.equal(events[0].payload.camera, 'live1');
+    // Over plain HTTP the first request carries no credentials; the digest answers the camera's challenge.
+    assert.equal(camera.state.authorizations[0], undefined);
+    assert.match(camera.state.authorizations[1], /^Digest username="viewer"/);
+    assert.ok(camera.state.authorizations.every((a) => !/^Basic/i.test(a ?? '')), 'never Basic to a Digest camera');
   } finally {
     await camera.close();
   }
