@@ -535,6 +535,37 @@ test('MJPEG: after a 15 s outage frames are back within 5 s; an undeployed camer
   }
 });
 
+test('an ffmpeg that ignores SIGTERM is killed after the grace period, and undeploy waits for it', async () => {
+  // A stand-in decoder that ignores SIGTERM (an ignored signal stays ignored across exec).
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'gg-ml-stubborn-'));
+  const stubborn = path.join(dir, 'ffmpeg');
+  fs.writeFileSync(stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 987\n", { mode: 0o755 });
+  const sleepers = () => fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return Number(ppid) === process.pid && state !== 'Z' && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8') === 'sleep\u0000987\u0000';
+    } catch {
+      return false;
+    }
+  });
+  try {
+    await cameraFlow({ source: 'rtsp://127.0.0.1:9/cam', ffmpegPath: stubborn, watchdog: 60_000 });
+    await until(() => sleepers().length === 1, 10_000, 'the stand-in decoder to start');
+    const [pid] = sleepers();
+    const startedAt = Date.now();
+    await helper.unload();
+    const tookMs = Date.now() - startedAt;
+    console.log(`# undeploy with a decoder ignoring SIGTERM took ${(tookMs / 1000).toFixed(1)} s`);
+    assert.throws(() => process.kill(Number(pid), 0), /ESRCH/, 'the decoder is gone when undeploy returns');
+    assert.ok(tookMs >= 1900, `SIGTERM was given its 2 s grace first (${tookMs} ms)`);
+    assert.deepEqual(sleepers(), []);
+  } finally {
+    for (const pid of sleepers()) process.kill(Number(pid), 'SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('no promise rejection went unhandled in these tests', () => {
   assert.deepEqual(unhandled.map(String), []);
 });

@@ -37,7 +37,7 @@ export class CaptureGuard {
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const skipped = this.skippedWhileBusy ? `; ${this.skippedWhileBusy} ticks were skipped meanwhile` : '';
-        const err = new CaptureDeadlineExceeded(`capture from ${describe()} did not finish within the ${this.deadlineMs} ms capture deadline (3 intervals, at least 10 s): aborted${skipped}`);
+        const err = new CaptureDeadlineExceeded(`capture from ${describe()} did not finish within the ${this.deadlineMs} ms capture deadline (3 intervals, at least 10 s and the timeout): aborted${skipped}`);
         controller.abort(err);
         reject(err);
       }, this.deadlineMs);
