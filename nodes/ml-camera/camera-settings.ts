@@ -33,8 +33,11 @@ export function captureDeadlineMs(intervalMs: number, timeoutMs: number): number
   return Math.min(MAX_CAPTURE_DEADLINE_MS, Math.max(MIN_CAPTURE_DEADLINE_MS, 3 * intervalMs, timeoutMs));
 }
 
-/** A number setting from the editor (a string, a number or an unset ${ENV}), or the fallback when empty. */
-function numberOf(config: Record<string, unknown>, name: string, fallback: number, min: number, max: number, unit: string, note = ''): number {
+/**
+ * A number setting from the editor (a string, a number or an unset ${ENV}), or the fallback when
+ * empty; out of range or not a number throws an error naming the setting.
+ */
+export function namedNumberSetting(config: Record<string, unknown>, name: string, fallback: number, min: number, max: number, unit: string, note = ''): number {
   const raw = config[name];
   const value = typeof raw === 'string' ? textSetting(raw) : raw;
   if (value === undefined || value === null || value === '') return fallback;
@@ -47,13 +50,13 @@ function numberOf(config: Record<string, unknown>, name: string, fallback: numbe
 
 /** Reads and checks the timing settings; throws the first problem, naming the setting. */
 export function readCameraTiming(config: Record<string, unknown>): CameraTiming {
-  let intervalMs = numberOf(config, 'interval', 1000, 0, 86_400_000, 'ms', ` (or 0: capture only when a message arrives)`);
+  let intervalMs = namedNumberSetting(config, 'interval', 1000, 0, 86_400_000, 'ms', ` (or 0: capture only when a message arrives)`);
   if (intervalMs > 0 && intervalMs < MIN_INTERVAL_MS) {
     throw new Error(`Expected interval of at least ${MIN_INTERVAL_MS} ms (or 0: capture only when a message arrives) but received ${intervalMs}`);
   }
   intervalMs = Math.round(intervalMs);
-  const timeoutMs = numberOf(config, 'timeout', 5000, 100, 600_000, 'ms');
-  const watchdogMs = numberOf(config, 'watchdog', 10_000, 500, 3_600_000, 'ms');
-  const maxFps = numberOf(config, 'maxFps', 0, 0, 120, 'frames per second', ' (0: twice the emission rate)');
+  const timeoutMs = namedNumberSetting(config, 'timeout', 5000, 100, 600_000, 'ms');
+  const watchdogMs = namedNumberSetting(config, 'watchdog', 10_000, 500, 3_600_000, 'ms');
+  const maxFps = namedNumberSetting(config, 'maxFps', 0, 0, 120, 'frames per second', ' (0: twice the emission rate)');
   return { intervalMs, timeoutMs, watchdogMs, maxFps, captureDeadlineMs: captureDeadlineMs(intervalMs, timeoutMs) };
 }

@@ -1,7 +1,8 @@
 /**
  * Live video sources of ml-camera: MJPEG over HTTP (parsed natively: its frames already are JPEG)
  * and RTSP / V4L2 decoded by a supervised ffmpeg child. All keep only the latest frame, watch for
- * silence, reconnect with back-off, and report online/offline transitions.
+ * silence, reconnect (at once when a closed port opens again, else with back-off), and report
+ * online/offline transitions.
  */
 import { ChildProcess, spawn } from 'child_process';
 import { EventEmitter } from 'events';
@@ -80,10 +81,6 @@ export class PortProbe {
       socket.once('error', () => finish(false));
       socket.once('close', () => finish(false)); // destroyed by close(): counts as unreachable
     });
-  }
-
-  get inFlight(): number {
-    return this.sockets.size;
   }
 
   close(): void {

@@ -2,8 +2,8 @@
 import sharp from 'sharp';
 import { RateMeter } from '../lib/frame-queue';
 import { ErrorThrottle, repeatSuffix } from '../lib/error-throttle';
-import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, textSetting } from '../lib/red-types';
-import { CameraTiming, readCameraTiming } from './camera-settings';
+import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, textSetting } from '../lib/red-types';
+import { CameraTiming, namedNumberSetting, readCameraTiming } from './camera-settings';
 import { CaptureBusy, CaptureGuard } from './capture-guard';
 import { FfmpegSource, LIVE_TIMINGS, liveFps, LiveOptions, LiveSource, MjpegSource } from './live-sources';
 import {
@@ -57,7 +57,7 @@ module.exports = function (RED: NodeAPI) {
       const type = configuredType === 'auto' ? await detectSourceType(sourceSetting) : (configuredType as SourceType);
       switch (type) {
         case 'pattern':
-          return new TestPatternSource(numberSetting(config.patternWidth, 640, { min: 16, max: 4096 }), numberSetting(config.patternHeight, 480, { min: 16, max: 4096 }));
+          return new TestPatternSource(namedNumberSetting(config, 'patternWidth', 640, 16, 4096, 'pixels'), namedNumberSetting(config, 'patternHeight', 480, 16, 4096, 'pixels'));
         case 'folder':
           return new FolderSource(sourceSetting, { loop: config.loop !== false, recursive: config.recursive !== false });
         case 'file':
