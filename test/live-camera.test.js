@@ -14,6 +14,8 @@ const { parseDigestChallenge, digestAuthorization } = require('../nodes/ml-camer
 const { detectSourceType } = require('../nodes/ml-camera/sources');
 
 const helper = redHelper();
+const unhandled = [];
+process.on('unhandledRejection', (reason) => unhandled.push(reason));
 const nodes = [node('ml-camera'), coreNode('common/25-catch.js')];
 const frames = validationPhotos(1).map((p) => fs.readFileSync(p.file));
 
@@ -122,11 +124,12 @@ test('ffmpeg errors are turned into what to fix', () => {
 /** An MJPEG camera: multipart frames at `fps`, digest auth, and switches to stall or stop. */
 async function mjpegCamera({ port, fps = 20, user = 'viewer', password = 'pw' } = {}) {
   port = port ?? (await freePort());
-  const state = { sent: 0, stalled: false, sentAt: new Map() };
+  const state = { sent: 0, stalled: false, sentAt: new Map(), authorizations: [] };
   const nonce = crypto.randomBytes(8).toString('hex');
   const md5 = (s) => crypto.createHash('md5').update(s).digest('hex');
   const sockets = new Set();
   const server = http.createServer((req, res) => {
+    state.authorizations.push(req.headers.authorization);
     const auth = req.headers.authorization ?? '';
     const p = Object.fromEntries([...auth.matchAll(/(\w+)="?([^",]+)"?/g)].map((m) => [m[1], m[2]]));
     const expected = md5(`${md5(`${user}:cam:${password}`)}:${nonce}:${p.nc}:${p.cnonce}:auth:${md5(`GET:${req.url}`)}`);
@@ -150,7 +153,7 @@ async function mjpegCamera({ port, fps = 20, user = 'viewer', password = 'pw' } 
   server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
   await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
   return {
-    port, state,
+    port, state, server,
     url: `http://127.0.0.1:${port}/video.mjpg`,
     close: () => new Promise((resolve) => { for (const s of sockets) s.destroy(); server.close(resolve); }),
   };
@@ -179,6 +182,10 @@ test('MJPEG: the latest frame is emitted at the configured rate, through digest 
     assert.ok(camera.state.sent > out.length * 3, 'the camera sends far more frames than are emitted; the rest are dropped, not queued');
     assert.equal(events[0].payload.event, 'online');
     assert.equal(events[0].payload.camera, 'live1');
+    // Over plain HTTP the first request carries no credentials; the digest answers the camera's challenge.
+    assert.equal(camera.state.authorizations[0], undefined);
+    assert.match(camera.state.authorizations[1], /^Digest username="viewer"/);
+    assert.ok(camera.state.authorizations.every((a) => !/^Basic/i.test(a ?? '')), 'never Basic to a Digest camera');
   } finally {
     await camera.close();
   }
@@ -343,22 +350,56 @@ test('RTSP: wrong credentials and a missing ffmpeg are catchable errors that say
   }
 });
 
-/** GStreamer's RTSP server: RTP over the RTSP TCP connection as well as UDP, basic authentication. */
-async function gstreamerCamera(user, password) {
-  const port = await freePort();
-  const child = killOnExit(require('child_process').spawn('/usr/bin/python3', [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), user, password], { stdio: ['ignore', 'pipe', 'ignore'] }));
+/** GStreamer's RTSP server: RTP only over the RTSP TCP connection, basic authentication. */
+async function gstreamerCamera(user, password, port) {
+  port = port ?? (await freePort());
+  const args = [path.join(__dirname, 'fixtures', 'gst-rtsp-camera.py'), String(port), ...(user ? [user, password] : [])];
+  const child = killOnExit(require('child_process').spawn('/usr/bin/python3', args, { stdio: ['ignore', 'pipe', 'ignore'] }));
   await new Promise((resolve, reject) => {
     child.stdout.once('data', resolve);
     child.once('exit', (code) => reject(new Error(`the GStreamer RTSP camera exited with ${code}`)));
   });
   return {
+    port,
+    pid: child.pid,
     url: `rtsp://127.0.0.1:${port}/cam`,
     close: () => new Promise((resolve) => {
-      if (child.exitCode !== null) return resolve();
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
       child.once('exit', resolve);
+      child.kill('SIGCONT'); // a stopped process would not act on SIGTERM
       child.kill('SIGTERM');
     }),
   };
+}
+
+/** Decoding ffmpeg processes started by this test process (children of it, not zombies). */
+function ourDecoders() {
+  const found = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(ppid) !== process.pid || state === 'Z') continue;
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      if (path.basename(cmd[0]) === 'ffmpeg' && cmd.includes('mpjpeg')) found.push(Number(pid));
+    } catch {
+      /* gone */
+    }
+  }
+  return found;
+}
+
+/** Samples ourDecoders() every 50 ms until stopped: the most seen at once, and every pid seen. */
+function watchDecoders() {
+  const seen = { max: 0, pids: new Set(), samples: 0 };
+  const timer = setInterval(() => {
+    const now = ourDecoders();
+    seen.samples++;
+    seen.max = Math.max(seen.max, now.length);
+    for (const pid of now) seen.pids.add(pid);
+  }, 50);
+  seen.stop = () => clearInterval(timer);
+  return seen;
 }
 
 test('RTSP over TCP (interleaved, as IP cameras are mostly used): frames arrive through the credentials file; a wrong password says so', async () => {
@@ -374,6 +415,13 @@ test('RTSP over TCP (interleaved, as IP cameras are mostly used): frames arrive 
     await cameraFlow({ source: camera.url, transport: 'tcp' }, { user: 'operator', password: 'wrong' });
     const caught = await nextMessage(helper.getNode('errors'), 15_000);
     assert.match(caught.error.message, /the camera refused the user name or password \(401\)/);
+    await helper.unload();
+    // The camera allows TCP only, so this proves the frames above came over TCP: UDP is refused.
+    await cameraFlow({ source: camera.url, transport: 'udp' }, { user: 'operator', password: 'tcp-S3cret' });
+    const overUdp = recorder('out');
+    const refused = await nextMessage(helper.getNode('errors'), 15_000);
+    assert.match(refused.error.message, /RTSP stream rtsp:\/\/127\.0\.0\.1:\d+\/cam: the camera does not offer this RTSP transport \(461\)/);
+    assert.equal(overUdp.length, 0, 'no frame over UDP');
   } finally {
     await camera.close();
   }
@@ -392,4 +440,132 @@ test('RTSP: 100 redeploys leave no ffmpeg process behind', async () => {
   } finally {
     await camera.close();
   }
+});
+
+test('RTSP over TCP: a 4 s stall (server SIGSTOPped) never runs more than one ffmpeg, and none is left after undeploy', async () => {
+  const camera = await gstreamerCamera();
+  const decoders = watchDecoders();
+  try {
+    await cameraFlow({ source: camera.url, transport: 'tcp', interval: 200, watchdog: 1500 });
+    const out = recorder('out');
+    const events = recorder('events');
+    await until(() => out.length >= 2, 15_000, 'frames before the stall');
+    const firstDecoder = ourDecoders();
+    assert.equal(firstDecoder.length, 1, 'one decoder while streaming');
+    process.kill(camera.pid, 'SIGSTOP');
+    await sleep(4000);
+    process.kill(camera.pid, 'SIGCONT');
+    const resumedFrom = out.length;
+    await until(() => out.length >= resumedFrom + 3, 20_000, 'frames after the stall');
+    await sleep(2000); // late exits or duplicate reconnects would show up here
+    const during = decoders.max;
+    const now = ourDecoders();
+    console.log(`# 4 s RTSP stall: at most ${during} ffmpeg at once (${decoders.samples} samples), ${decoders.pids.size} started in all, ${now.length} running after recovery`);
+    assert.equal(during, 1, 'never two decoders for one camera');
+    assert.equal(now.length, 1, 'exactly one decoder after recovery');
+    assert.ok(decoders.pids.size >= 2, 'the stalled decoder was replaced');
+    const sequence = events.map((e) => e.payload.event).join(',');
+    assert.match(sequence, /^online,offline,online$/, `events: ${sequence}`);
+    await helper.unload();
+    assert.deepEqual(ourDecoders(), [], 'undeploy waits for every ffmpeg to exit');
+    for (const pid of decoders.pids) assert.throws(() => process.kill(pid, 0), /ESRCH/, `ffmpeg ${pid} is gone`);
+  } finally {
+    decoders.stop();
+    await camera.close();
+  }
+});
+
+/** Polls until the recorder holds more than `count` frames; the time it took, in ms. */
+async function resumeTime(out, count, since) {
+  await until(() => out.length > count, 30_000, 'frames after the camera came back');
+  return out[count].receivedAt - since;
+}
+
+test('RTSP over TCP: after a 15 s outage frames are back within 5 s of the camera', async () => {
+  let camera = await gstreamerCamera();
+  const { port } = camera;
+  const decoders = watchDecoders();
+  try {
+    await cameraFlow({ source: camera.url, transport: 'tcp', interval: 200, watchdog: 1500 });
+    const out = recorder('out');
+    await until(() => out.length >= 2, 15_000, 'frames before the outage');
+    await camera.close();
+    await sleep(15_000);
+    const before = out.length;
+    camera = await gstreamerCamera(undefined, undefined, port);
+    const backAt = Date.now(); // the camera answers from here on
+    const resumedMs = await resumeTime(out, before, backAt);
+    console.log(`# RTSP (TCP) frames resumed ${(resumedMs / 1000).toFixed(1)} s after the camera came back from a 15 s outage; at most ${decoders.max} ffmpeg at once, ${decoders.pids.size} started in all`);
+    assert.ok(resumedMs <= 7000, `resumed ${resumedMs} ms after the camera returned (target 5 s, 2 s slack for a loaded machine)`);
+    assert.equal(decoders.max, 1, 'never two decoders');
+    assert.ok(decoders.pids.size <= 3, `no ffmpeg is started while the camera's port is closed (${decoders.pids.size} started)`);
+  } finally {
+    decoders.stop();
+    await camera.close();
+  }
+});
+
+test('MJPEG: after a 15 s outage frames are back within 5 s; an undeployed camera stops probing', async () => {
+  let camera = await mjpegCamera();
+  const { port } = camera;
+  try {
+    await cameraFlow({ source: camera.url, watchdog: 1500 }, { user: 'viewer', password: 'pw' });
+    const out = recorder('out');
+    await until(() => out.length >= 2, 5000, 'frames before the outage');
+    await camera.close();
+    await sleep(15_000);
+    const before = out.length;
+    camera = await mjpegCamera({ port });
+    const backAt = Date.now();
+    const resumedMs = await resumeTime(out, before, backAt);
+    console.log(`# MJPEG frames resumed ${(resumedMs / 1000).toFixed(1)} s after the camera came back from a 15 s outage`);
+    assert.ok(resumedMs <= 7000, `resumed ${resumedMs} ms after the camera returned (target 5 s, 2 s slack for a loaded machine)`);
+
+    // Undeployed during an outage: no timer, probe or request may survive to reach the camera later.
+    await camera.close();
+    await sleep(2500); // the node is now probing the closed port
+    await helper.unload();
+    let connections = 0;
+    camera = await mjpegCamera({ port });
+    camera.server.on('connection', () => connections++);
+    await sleep(3000);
+    assert.equal(connections, 0, 'nothing connects after the node closed');
+  } finally {
+    await camera.close();
+  }
+});
+
+test('an ffmpeg that ignores SIGTERM is killed after the grace period, and undeploy waits for it', async () => {
+  // A stand-in decoder that ignores SIGTERM (an ignored signal stays ignored across exec).
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'gg-ml-stubborn-'));
+  const stubborn = path.join(dir, 'ffmpeg');
+  fs.writeFileSync(stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 987\n", { mode: 0o755 });
+  const sleepers = () => fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return Number(ppid) === process.pid && state !== 'Z' && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8') === 'sleep\u0000987\u0000';
+    } catch {
+      return false;
+    }
+  });
+  try {
+    await cameraFlow({ source: 'rtsp://127.0.0.1:9/cam', ffmpegPath: stubborn, watchdog: 60_000 });
+    await until(() => sleepers().length === 1, 10_000, 'the stand-in decoder to start');
+    const [pid] = sleepers();
+    const startedAt = Date.now();
+    await helper.unload();
+    const tookMs = Date.now() - startedAt;
+    console.log(`# undeploy with a decoder ignoring SIGTERM took ${(tookMs / 1000).toFixed(1)} s`);
+    assert.throws(() => process.kill(Number(pid), 0), /ESRCH/, 'the decoder is gone when undeploy returns');
+    assert.ok(tookMs >= 1900, `SIGTERM was given its 2 s grace first (${tookMs} ms)`);
+    assert.deepEqual(sleepers(), []);
+  } finally {
+    for (const pid of sleepers()) process.kill(Number(pid), 'SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('no promise rejection went unhandled in these tests', () => {
+  assert.deepEqual(unhandled.map(String), []);
 });

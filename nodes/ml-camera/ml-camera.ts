@@ -1,14 +1,14 @@
 /** ml-camera: emits JPEG frames with their metadata on an interval or when a message arrives. */
 import sharp from 'sharp';
 import { RateMeter } from '../lib/frame-queue';
-import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, textSetting } from '../lib/red-types';
-import { FfmpegSource, liveFps, LiveOptions, LiveSource, MjpegSource } from './live-sources';
+import { ErrorThrottle, repeatSuffix } from '../lib/error-throttle';
+import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, textSetting } from '../lib/red-types';
+import { CameraTiming, namedNumberSetting, readCameraTiming } from './camera-settings';
+import { CaptureBusy, CaptureGuard } from './capture-guard';
+import { FfmpegSource, LIVE_TIMINGS, liveFps, LiveOptions, LiveSource, MjpegSource } from './live-sources';
 import {
   detectSourceType, FileSource, FolderSource, FrameSource, looksLikeMjpeg, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
 } from './sources';
-
-/** A tick or trigger that found the previous capture still running (a deliberate skip, not a fault). */
-class CaptureBusy extends Error {}
 
 interface FrameInfo {
   camera: string;
@@ -27,34 +27,37 @@ module.exports = function (RED: NodeAPI) {
     const cameraId = textSetting(config.cameraId) || 'cam1';
     const sourceSetting = textSetting(config.source);
     const configuredType = String(config.sourceType || 'auto');
-    let intervalMs = 1000;
-    let timeoutMs = 5000;
-    let watchdogMs = 10_000;
-    let maxFps = 0;
+
+    let timing: CameraTiming;
     try {
-      intervalMs = numberSetting(config.interval, 1000, { min: 0, max: 86_400_000 });
-      timeoutMs = numberSetting(config.timeout, 5000, { min: 100, max: 600_000 });
-      watchdogMs = numberSetting(config.watchdog, 10_000, { min: 500, max: 3_600_000 });
-      maxFps = numberSetting(config.maxFps, 0, { min: 0, max: 120 });
+      timing = readCameraTiming(config);
     } catch (err) {
-      node.warn(`timing settings: ${errorMessage(err)}; using defaults`);
+      // Refused, not patched with defaults: a node that runs with other settings than shown misleads.
+      const problem = errorMessage(err);
+      node.status({ fill: 'red', shape: 'ring', text: problem });
+      node.error(`camera not started: ${problem}`);
+      node.on('input', (_msg, _send, done) => done(new Error(`camera not started: ${problem}`)));
+      return;
     }
+    const { intervalMs, timeoutMs, watchdogMs, maxFps } = timing;
     const meter = new RateMeter();
+    const guard = new CaptureGuard(timing.captureDeadlineMs);
+    const errors = new ErrorThrottle(1000);
     let source: FrameSource | undefined;
     let opening: Promise<FrameSource> | undefined;
     let timer: NodeJS.Timeout | undefined;
-    let capturing = false;
     let running = intervalMs > 0;
     let closed = false;
     let seq = 0;
-    let skipped = 0;
     let finished = false;
+    let busyStatusAt = 0;
+    const where = sourceSetting ? redactUrl(sourceSetting) : 'the test pattern';
 
     async function openSource(): Promise<FrameSource> {
       const type = configuredType === 'auto' ? await detectSourceType(sourceSetting) : (configuredType as SourceType);
       switch (type) {
         case 'pattern':
-          return new TestPatternSource(numberSetting(config.patternWidth, 640, { min: 16, max: 4096 }), numberSetting(config.patternHeight, 480, { min: 16, max: 4096 }));
+          return new TestPatternSource(namedNumberSetting(config, 'patternWidth', 640, 16, 4096, 'pixels'), namedNumberSetting(config, 'patternHeight', 480, 16, 4096, 'pixels'));
         case 'folder':
           return new FolderSource(sourceSetting, { loop: config.loop !== false, recursive: config.recursive !== false });
         case 'file':
@@ -76,12 +79,19 @@ module.exports = function (RED: NodeAPI) {
             password: node.credentials?.password,
           }, liveOptions(), textSetting(config.ffmpegPath) || 'ffmpeg'));
         default:
-          throw new Error(`unknown source type "${type}"`);
+          throw new Error(`Expected sourceType of auto, folder, file, url, mjpeg, rtsp, v4l2 or pattern but received "${type}"`);
       }
     }
 
     function liveOptions(): LiveOptions {
-      return { watchdogMs, minBackoffMs: 500, maxBackoffMs: 15_000, username: node.credentials?.user, password: node.credentials?.password };
+      return { watchdogMs, ...LIVE_TIMINGS, username: node.credentials?.user, password: node.credentials?.password };
+    }
+
+    /** Raises an error at most once a second per message; repeats are counted in the status. */
+    function raise(message: string, report: (message: string) => void): void {
+      const decision = errors.check(message);
+      node.status({ fill: 'red', shape: 'ring', text: message.slice(0, 70) + repeatSuffix(decision.count) });
+      if (decision.raise) report(message);
     }
 
     /** Live sources run by themselves; their transitions go to the second output and the status. */
@@ -97,7 +107,7 @@ module.exports = function (RED: NodeAPI) {
         event('offline', reason);
         node.status({ fill: 'red', shape: 'ring', text: `offline: ${reason}`.slice(0, 80) });
       });
-      live.on('problem', (err: Error) => node.error(err.message, { payload: { event: 'error', camera: cameraId, reason: err.message } }));
+      live.on('problem', (err: Error) => raise(err.message, (m) => node.error(m, { topic: `${cameraId}/error`, payload: { event: 'error', camera: cameraId, reason: m } })));
       node.status({ fill: 'yellow', shape: 'ring', text: `connecting to ${live.type}` });
       live.start();
       return live;
@@ -106,7 +116,6 @@ module.exports = function (RED: NodeAPI) {
     function getSource(): Promise<FrameSource> {
       if (source) return Promise.resolve(source);
       opening ??= openSource().then((s) => {
-        if (closed) s.close();
         source = s;
         return s;
       }).finally(() => { opening = undefined; });
@@ -114,10 +123,10 @@ module.exports = function (RED: NodeAPI) {
     }
 
     /** A frame message; null when a finite source is exhausted, undefined when a live one has nothing new. */
-    async function capture(trigger?: NodeMessage): Promise<NodeMessage | null | undefined> {
+    async function capture(trigger: NodeMessage | undefined, signal: AbortSignal): Promise<NodeMessage | null | undefined> {
       const src = await getSource();
-      const raw = src instanceof LiveSource && trigger ? await src.waitForFrame(timeoutMs) : await src.next();
-      if (raw === undefined && src instanceof LiveSource && trigger) {
+      const raw = src instanceof LiveSource && trigger ? await src.waitForFrame(timeoutMs, signal) : await src.next(signal);
+      if (raw === undefined && src instanceof LiveSource && trigger && !signal.aborted) {
         throw new Error(`no frame from the ${src.type} camera within ${timeoutMs} ms (${src.state})`);
       }
       if (!raw) return raw;
@@ -146,35 +155,35 @@ module.exports = function (RED: NodeAPI) {
     }
 
     function showStatus(src: FrameSource) {
-      const where = sourceSetting ? redactUrl(sourceSetting).split('/').slice(-2).join('/') : 'test pattern';
+      const shortWhere = sourceSetting ? redactUrl(sourceSetting).split('/').slice(-2).join('/') : 'test pattern';
       const parts = [`${meter.rate().toFixed(1)} fps`, `#${seq}`];
       if (src instanceof LiveSource) parts.unshift(src.state);
-      if (skipped) parts.push(`skipped ${skipped}`);
-      node.status({ fill: 'green', shape: 'dot', text: `${where} · ${parts.join(' · ')}`.slice(0, 80) });
+      if (guard.skippedTotal) parts.push(`skipped ${guard.skippedTotal}`);
+      node.status({ fill: 'green', shape: 'dot', text: `${shortWhere} · ${parts.join(' · ')}`.slice(0, 80) });
     }
 
-    /** One capture at a time: a tick that finds the previous capture still running is skipped. */
-    async function tick(trigger?: NodeMessage, send: (m: (NodeMessage | null)[]) => void = (m) => node.send(m)): Promise<void> {
-      if (capturing) {
-        skipped++;
-        throw new CaptureBusy('a capture is in progress');
+    /** A skipped tick is no fault, but a capture that blocks ticks must be visible (at most 4 updates a second). */
+    function showBusy() {
+      const now = Date.now();
+      if (now - busyStatusAt < 250) return;
+      busyStatusAt = now;
+      const busyMs = guard.busyForMs(now) ?? 0;
+      node.status({ fill: 'yellow', shape: 'ring', text: `capture busy for ${(busyMs / 1000).toFixed(1)} s: skipped ${guard.skippedWhileBusy} ticks` });
+    }
+
+    /** One capture at a time, within the capture deadline; a tick that finds one running is skipped (CaptureBusy). */
+    async function tick(trigger: NodeMessage | undefined, send: (m: (NodeMessage | null)[]) => void): Promise<void> {
+      const msg = await guard.run(() => where, (signal) => capture(trigger, signal));
+      if (closed || msg === undefined) return;
+      if (!msg) {
+        finished = true;
+        stopTimer();
+        node.status({ fill: 'blue', shape: 'dot', text: `finished: ${seq} frames` });
+        return;
       }
-      capturing = true;
-      try {
-        const msg = await capture(trigger);
-        if (closed || msg === undefined) return;
-        if (!msg) {
-          finished = true;
-          stopTimer();
-          node.status({ fill: 'blue', shape: 'dot', text: `finished: ${seq} frames` });
-          return;
-        }
-        meter.tick();
-        if (source) showStatus(source);
-        send([msg, null]);
-      } finally {
-        capturing = false;
-      }
+      meter.tick();
+      if (source) showStatus(source);
+      send([msg, null]);
     }
 
     function startTimer() {
@@ -182,10 +191,10 @@ module.exports = function (RED: NodeAPI) {
       if (intervalMs <= 0 || closed) return;
       running = true;
       timer = setInterval(() => {
-        tick().catch((err) => {
-          if (err instanceof CaptureBusy) return;
-          node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 70) });
-          node.error(errorMessage(err), {});
+        tick(undefined, (m) => node.send(m)).catch((err) => {
+          if (closed) return;
+          if (err instanceof CaptureBusy) return showBusy();
+          raise(errorMessage(err), (m) => node.error(m, { topic: `${cameraId}/error`, payload: { event: 'error', camera: cameraId, reason: m } }));
         });
       }, intervalMs);
     }
@@ -211,31 +220,41 @@ module.exports = function (RED: NodeAPI) {
         startTimer();
         return done();
       }
-      if (command !== undefined) return done(new Error(`msg.command must be start, stop or restart, got "${command}"`));
-      if (finished) return done();
+      if (command !== undefined) return done(new Error(`Expected msg.command of start, stop or restart but received "${command}"`));
+      if (finished || closed) return done();
       try {
         await tick(msg, send);
         done();
       } catch (err) {
-        if (err instanceof CaptureBusy) return done(); // deliberate drop
-        node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 70) });
-        done(err as Error);
+        if (err instanceof CaptureBusy) {
+          showBusy();
+          return done(); // deliberate drop, counted in the status
+        }
+        // Repeats within a second complete without raising again: their count is in the status.
+        let raised = false;
+        raise(errorMessage(err), () => { raised = true; });
+        done(raised ? (err as Error) : undefined);
       }
     });
 
     node.on('close', (_removed: boolean, done: () => void) => {
       closed = true;
       stopTimer();
-      const closing = source;
-      source = undefined;
-      // Live sources wait for their ffmpeg child to exit, so a redeploy never leaves one behind.
-      Promise.resolve(closing?.close()).then(() => done(), () => done());
+      guard.abort(new Error('the camera node is closing'));
+      // A source still opening is closed once open; live sources resolve once their ffmpeg has exited.
+      Promise.resolve(opening?.catch(() => undefined))
+        .then(() => {
+          const closing = source;
+          source = undefined;
+          return closing?.close();
+        })
+        .then(() => done(), () => done());
     });
 
     // Live cameras connect at deploy so the first frame is ready by the first tick.
     const liveType = ['rtsp', 'v4l2', 'mjpeg'].includes(configuredType);
     if (liveType || (configuredType === 'auto' && (/^(rtsps?:|\/dev\/video)/i.test(sourceSetting) || (/^https?:/i.test(sourceSetting) && looksLikeMjpeg(sourceSetting))))) {
-      getSource().catch((err) => node.error(errorMessage(err)));
+      getSource().catch((err) => raise(errorMessage(err), (m) => node.error(m, { topic: `${cameraId}/error`, payload: { event: 'error', camera: cameraId, reason: m } })));
     }
 
     if (running) {

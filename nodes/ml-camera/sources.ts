@@ -4,6 +4,7 @@ import * as http from 'http';
 import * as https from 'https';
 import * as path from 'path';
 import sharp from 'sharp';
+import { ChallengeAnswer, HttpCameraAuth } from './http-auth';
 
 export type SourceType = 'pattern' | 'folder' | 'file' | 'url' | 'mjpeg' | 'rtsp' | 'v4l2';
 
@@ -20,7 +21,7 @@ export interface FrameSource {
    * The next frame; null when a finite source (a folder played once) is exhausted; undefined when a
    * live source has no frame newer than the last one taken.
    */
-  next(): Promise<RawFrame | null | undefined>;
+  next(signal?: AbortSignal): Promise<RawFrame | null | undefined>;
   /** Start again from the beginning (folders). */
   rewind(): void;
   close(): void | Promise<void>;
@@ -113,7 +114,7 @@ export class FolderSource implements FrameSource {
 
   constructor(private readonly dir: string, private readonly options: { loop: boolean; recursive: boolean }) {}
 
-  async next(): Promise<RawFrame | null> {
+  async next(signal?: AbortSignal): Promise<RawFrame | null> {
     // The folder is listed again at each pass, so images dropped into it are picked up.
     if (!this.files || (this.index >= this.files.length && this.options.loop)) {
       this.files = await listImages(this.dir, this.options.recursive);
@@ -123,7 +124,7 @@ export class FolderSource implements FrameSource {
     while (this.index < this.files.length) {
       const file = this.files[this.index++];
       try {
-        return { image: await fs.readFile(file), origin: file };
+        return { image: await fs.readFile(file, { signal }), origin: file };
       } catch (err) {
         // A file removed since the listing is skipped; anything else is reported.
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
@@ -145,9 +146,9 @@ export class FileSource implements FrameSource {
   readonly type = 'file';
   constructor(private readonly file: string) {}
 
-  async next(): Promise<RawFrame> {
+  async next(signal?: AbortSignal): Promise<RawFrame> {
     // Read every time: another process may be replacing the file with newer snapshots.
-    return { image: await fs.readFile(this.file), origin: this.file };
+    return { image: await fs.readFile(this.file, { signal }), origin: this.file };
   }
 
   rewind(): void {}
@@ -177,9 +178,7 @@ export function cameraEndpoint(address: string, username?: string, password?: st
   return { url, origin: url.toString(), username, password };
 }
 
-export function basicAuthorization(username: string, password = ''): string {
-  return 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64');
-}
+export { basicAuthorization } from './http-auth';
 
 /** What to check when an HTTP camera cannot be reached. */
 export function connectionHint(err: NodeJS.ErrnoException): string {
@@ -191,6 +190,7 @@ export function connectionHint(err: NodeJS.ErrnoException): string {
 export interface SnapshotOptions {
   username?: string;
   password?: string;
+  /** Longest silence of the camera (connect, answer, or between two chunks of the image). */
   timeoutMs: number;
 }
 
@@ -199,28 +199,51 @@ export class SnapshotSource implements FrameSource {
   private readonly agent: http.Agent;
   private readonly url: URL;
   private readonly origin: string;
-  private readonly authorization?: string;
+  private readonly auth: HttpCameraAuth;
   private readonly requests = new Set<http.ClientRequest>();
 
   constructor(address: string, private readonly options: SnapshotOptions) {
     const endpoint = cameraEndpoint(address, options.username, options.password);
     this.url = endpoint.url;
     this.origin = endpoint.origin;
-    if (endpoint.username) this.authorization = basicAuthorization(endpoint.username, endpoint.password);
-    this.agent = this.url.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets: 1 }) : new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const secure = this.url.protocol === 'https:';
+    this.auth = new HttpCameraAuth(endpoint.username, endpoint.password ?? '', secure);
+    this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: 1 }) : new http.Agent({ keepAlive: true, maxSockets: 1 });
   }
 
-  next(): Promise<RawFrame> {
+  /** One snapshot; a 401 challenge is answered once with the scheme the camera asks for. */
+  async next(signal?: AbortSignal): Promise<RawFrame> {
+    const first = await this.get(signal);
+    if (first.status !== 401) return this.frameOf(first);
+    const answer = this.auth.challenge(first.challenge, first.sentAuthorization);
+    if (answer === 'retry') {
+      const second = await this.get(signal);
+      if (second.status !== 401) return this.frameOf(second);
+      return this.frameOf(second, this.auth.challenge(second.challenge, second.sentAuthorization));
+    }
+    return this.frameOf(first, answer);
+  }
+
+  private frameOf(reply: SnapshotReply, authAnswer?: ChallengeAnswer): RawFrame {
+    if (reply.status === 200) return { image: reply.body, origin: this.origin };
+    const hint = reply.status === 401
+      ? (authAnswer === 'no-credentials' ? ' (the camera needs a user name and password)' : ' (check the user name and password)')
+      : reply.status === 403 ? ' (check the user name and password)' : reply.status === 404 ? ' (check the URL path)' : '';
+    throw new Error(`snapshot ${this.origin} answered HTTP ${reply.status}${hint}`);
+  }
+
+  private get(signal?: AbortSignal): Promise<SnapshotReply> {
     const client = this.url.protocol === 'https:' ? https : http;
     const headers: Record<string, string> = { Accept: 'image/jpeg, image/*' };
-    if (this.authorization) headers.Authorization = this.authorization;
+    const authorization = this.auth.header('GET', this.url.pathname + this.url.search);
+    if (authorization) headers.Authorization = authorization;
     return new Promise((resolve, reject) => {
-      const req = client.get(this.url, { agent: this.agent, headers, timeout: this.options.timeoutMs }, (res) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const req = client.get(this.url, { agent: this.agent, headers, timeout: this.options.timeoutMs, signal }, (res) => {
         const status = res.statusCode ?? 0;
         if (status !== 200) {
           res.resume();
-          const hint = status === 401 || status === 403 ? ' (check the user name and password)' : status === 404 ? ' (check the URL path)' : '';
-          return reject(new Error(`snapshot ${this.origin} answered HTTP ${status}${hint}`));
+          return resolve({ status, body: Buffer.alloc(0), challenge: res.headersDistinct['www-authenticate'], sentAuthorization: Boolean(authorization) });
         }
         const chunks: Buffer[] = [];
         let size = 0;
@@ -232,12 +255,15 @@ export class SnapshotSource implements FrameSource {
             chunks.push(c);
           }
         });
-        res.on('end', () => resolve({ image: Buffer.concat(chunks), origin: this.origin }));
-        res.on('error', reject);
+        res.on('end', () => resolve({ status, body: Buffer.concat(chunks), sentAuthorization: Boolean(authorization) }));
+        res.on('error', (err) => reject(new Error(`snapshot ${this.origin} failed: ${err.message}`)));
       });
       this.requests.add(req);
       req.on('timeout', () => req.destroy(new Error(`snapshot ${this.origin} did not answer within ${this.options.timeoutMs} ms`)));
-      req.on('error', (err: NodeJS.ErrnoException) => reject(new Error(`snapshot ${this.origin} failed: ${err.message}${connectionHint(err)}`)));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (signal?.aborted) return reject(signal.reason);
+        reject(new Error(`snapshot ${this.origin} failed: ${err.message}${connectionHint(err)}`));
+      });
       req.on('close', () => this.requests.delete(req));
     });
   }
@@ -248,6 +274,13 @@ export class SnapshotSource implements FrameSource {
     for (const req of this.requests) req.destroy();
     this.agent.destroy();
   }
+}
+
+interface SnapshotReply {
+  status: number;
+  body: Buffer;
+  challenge?: string[];
+  sentAuthorization: boolean;
 }
 
 /** A generated frame: colour bars with a moving marker and the frame number, for setting up flows. */
