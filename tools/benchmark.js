@@ -72,7 +72,7 @@ async function main() {
 
   // The path the nodes take: worker thread, transfer of the tensor, classification afterwards.
   const rssBefore = process.memoryUsage().rss;
-  const runner = new ModelRunner(modelPath, { executionProviders: ['cpu'], intraOpNumThreads: 0, interOpNumThreads: 0 });
+  const runner = new ModelRunner(modelPath, { session: { executionProviders: ['cpu'], intraOpNumThreads: 0, interOpNumThreads: 0 } });
   await runner.load();
   const t0 = Date.now();
   let frames = 0;
