@@ -34,7 +34,7 @@ export interface RunnerOptions {
   session: SessionOptions;
   /** A run taking longer fails and its worker is replaced. */
   runTimeoutMs?: number;
-  /** Waits before restarting a crashed worker: grows from the first to the second, reset by a good run. */
+  /** Waits before restarting a crashed worker: doubles from the first to the second after each crash. */
   crashRestartDelayMs?: [number, number];
 }
 
@@ -60,6 +60,7 @@ class RunTimeoutError extends Error {}
 /** One worker process and its outstanding requests. */
 class WorkerProcess {
   readonly child: ChildProcess;
+  readonly startedAt = Date.now();
   /** Resolves once the process has exited, for whatever reason. */
   readonly exited: Promise<void>;
   private readonly pending = new Map<number, { resolve(r: WorkerResponse): void; reject(e: Error): void }>();
@@ -144,6 +145,7 @@ export class ModelRunner extends EventEmitter {
   private restarting?: Promise<WorkerProcess>;
   private restartTimer?: { timer: NodeJS.Timeout; cancel(): void };
   private readonly crashBackoff: Backoff;
+  private readonly longestRestartDelayMs: number;
   private closed = false;
   readonly runTimeoutMs: number;
 
@@ -152,6 +154,7 @@ export class ModelRunner extends EventEmitter {
     this.runTimeoutMs = options.runTimeoutMs ?? DEFAULT_RUN_TIMEOUT_MS;
     const [minMs, maxMs] = options.crashRestartDelayMs ?? [500, 30_000];
     this.crashBackoff = new Backoff(minMs, maxMs, 2);
+    this.longestRestartDelayMs = maxMs;
   }
 
   get info(): ModelInfo | undefined {
@@ -242,7 +245,6 @@ export class ModelRunner extends EventEmitter {
         throw err; // onnxruntime refused this input; the worker is fine
       }
       if (response.type !== 'result') throw new Error(`unexpected answer from the inference worker: ${response.type}`);
-      this.crashBackoff.reset();
       const outputs: Record<string, TensorValue> = {};
       for (const [name, t] of Object.entries(response.outputs)) outputs[name] = t as unknown as TensorValue;
       return { outputs, ms: response.ms };
@@ -290,6 +292,9 @@ export class ModelRunner extends EventEmitter {
     if (this.worker !== worker || this.closed) return;
     this.worker = undefined;
     if (!this.serving) return; // nothing to restore; the next load starts a worker
+    // Only a worker that stayed up for the longest wait counts as recovered; one that dies after
+    // every run keeps the growing wait.
+    if (Date.now() - worker.startedAt > this.longestRestartDelayMs) this.crashBackoff.reset();
     const delayMs = this.crashBackoff.next();
     this.emit('worker-crashed', err, delayMs);
     this.restartAfter(delayMs, err.message).catch(() => undefined); // runs waiting for it report the failure
