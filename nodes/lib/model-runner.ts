@@ -75,13 +75,12 @@ class WorkerProcess {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     liveWorkers++;
-    // A worker must not keep Node-RED (or a test) alive on its own.
-    this.child.unref();
-    (this.child as unknown as { channel?: { unref(): void } }).channel?.unref();
+    this.keepProcessAlive(false);
     this.child.on('message', (response: WorkerResponse) => {
       const waiting = this.pending.get(response.id);
       if (!waiting) return; // the answer to a request that already timed out
       this.pending.delete(response.id);
+      this.keepProcessAlive(this.pending.size > 0);
       if (response.type === 'error') waiting.reject(new Error(response.message));
       else waiting.resolve(response);
     });
@@ -112,9 +111,11 @@ class WorkerProcess {
       let timer: NodeJS.Timeout | undefined;
       const settle = <T>(fn: (v: T) => void) => (v: T) => { clearTimeout(timer); fn(v); };
       this.pending.set(id, { resolve: settle(resolve), reject: settle(reject) });
+      this.keepProcessAlive(true);
       if (timeoutMs !== undefined) {
         timer = setTimeout(() => {
           this.pending.delete(id);
+          this.keepProcessAlive(this.pending.size > 0);
           reject(new RunTimeoutError(`no answer within ${timeoutMs} ms`));
         }, timeoutMs);
       }
@@ -122,10 +123,26 @@ class WorkerProcess {
     });
   }
 
+  /**
+   * An idle worker must not keep Node-RED (or a script) running on its own; one with work in hand
+   * must, or whoever awaits the answer would be left hanging when nothing else is scheduled.
+   */
+  private keepProcessAlive(alive: boolean): void {
+    const channel = (this.child as unknown as { channel?: { ref(): void; unref(): void } }).channel;
+    if (alive) {
+      this.child.ref();
+      channel?.ref();
+    } else {
+      this.child.unref();
+      channel?.unref();
+    }
+  }
+
   /** SIGKILL: the worker holds no state worth saving and may be stuck in native code. */
   kill(reason: Error): Promise<void> {
     this.killedOnPurpose = true;
     this.rejectAll(reason);
+    this.child.ref(); // until it has exited, so close() resolves
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
     return this.exited;
   }
@@ -133,6 +150,7 @@ class WorkerProcess {
   private rejectAll(err: Error): void {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+    if (!this.killedOnPurpose) this.keepProcessAlive(false);
   }
 }
 
