@@ -1,4 +1,4 @@
-/** ml-inference: runs a tensor through the shared model (worker thread) with a bounded frame policy. */
+/** ml-inference: runs a tensor through the shared model (worker process) with a bounded frame policy. */
 import * as path from 'path';
 import { FrameQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
