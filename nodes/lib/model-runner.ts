@@ -119,7 +119,17 @@ class WorkerProcess {
           reject(new RunTimeoutError(`no answer within ${timeoutMs} ms`));
         }, timeoutMs);
       }
-      this.child.send(message, (err) => { if (err) this.pending.get(id)?.reject(new Error(`cannot reach the inference worker: ${err.message}`)); });
+      const failToSend = (err: Error) => {
+        const waiting = this.pending.get(id);
+        this.pending.delete(id);
+        this.keepProcessAlive(this.pending.size > 0);
+        waiting?.reject(new Error(`cannot reach the inference worker: ${err.message}`));
+      };
+      try {
+        this.child.send(message, (err) => { if (err) failToSend(err); });
+      } catch (err) {
+        failToSend(err as Error); // e.g. a value the IPC serialiser cannot copy
+      }
     });
   }
 
