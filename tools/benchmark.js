@@ -70,9 +70,9 @@ async function main() {
     await session.release();
   }
 
-  // The path the nodes take: worker thread, transfer of the tensor, classification afterwards.
+  // The path the nodes take: worker process, the tensor sent over IPC, classification afterwards.
   const rssBefore = process.memoryUsage().rss;
-  const runner = new ModelRunner(modelPath, { executionProviders: ['cpu'], intraOpNumThreads: 0, interOpNumThreads: 0 });
+  const runner = new ModelRunner(modelPath, { session: { executionProviders: ['cpu'], intraOpNumThreads: 0, interOpNumThreads: 0 } });
   await runner.load();
   const t0 = Date.now();
   let frames = 0;

@@ -1,18 +1,23 @@
 /**
- * Worker thread that owns one onnxruntime session. InferenceSession.run in onnxruntime-node is a
- * synchronous native call, so it runs here and the Node-RED event loop stays free.
+ * Child process that owns the onnxruntime sessions of one model. It is a process, not a worker
+ * thread, because onnxruntime-node's create and run are native calls that cannot be interrupted:
+ * terminating a worker thread during one aborts the whole Node-RED process once the call returns,
+ * whereas a process can always be killed. Started by ModelRunner with an IPC channel.
  */
-import { parentPort } from 'worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { WorkerRequest, WorkerResponse, SessionOptions, ValueInfo } from './worker-protocol';
 
-if (!parentPort) throw new Error('inference-worker must run as a worker thread');
-const port = parentPort;
+if (!process.send) throw new Error('inference-worker must be started by ModelRunner with an IPC channel');
+const send = process.send.bind(process);
 
-let session: ort.InferenceSession | undefined;
+// Node-RED went away (even by SIGKILL): nothing will ever ask this process for anything again.
+process.on('disconnect', () => process.exit(0));
 
-function reply(message: WorkerResponse, transfer: ArrayBuffer[] = []): void {
-  port.postMessage(message, transfer);
+let serving: ort.InferenceSession | undefined;
+let candidate: ort.InferenceSession | undefined;
+
+function reply(message: WorkerResponse): void {
+  send(message);
 }
 
 function describeValues(names: readonly string[], metadata: readonly ort.InferenceSession.ValueMetadata[] | undefined): ValueInfo[] {
@@ -26,50 +31,59 @@ function describeValues(names: readonly string[], metadata: readonly ort.Inferen
   });
 }
 
-async function load(model: Uint8Array, options: SessionOptions): Promise<WorkerResponse> {
+async function prepare(model: Uint8Array, options: SessionOptions): Promise<WorkerResponse> {
   const providers = options.executionProviders.length ? options.executionProviders : ['cpu'];
   const sessionOptions: ort.InferenceSession.SessionOptions = { executionProviders: providers, graphOptimizationLevel: 'all' };
   // 0 means "let onnxruntime choose" (one thread per core); onnxruntime rejects undefined.
   if (options.intraOpNumThreads > 0) sessionOptions.intraOpNumThreads = options.intraOpNumThreads;
   if (options.interOpNumThreads > 0) sessionOptions.interOpNumThreads = options.interOpNumThreads;
   const created = await ort.InferenceSession.create(model, sessionOptions);
-  const previous = session;
-  session = created;
-  // Only release the old session once the new one is known to work.
-  if (previous) await previous.release();
+  const replaced = candidate;
+  candidate = created;
+  if (replaced) await replaced.release();
   return {
-    type: 'loaded',
+    type: 'prepared',
+    id: 0,
     inputs: describeValues(created.inputNames, created.inputMetadata),
     outputs: describeValues(created.outputNames, created.outputMetadata),
   };
 }
 
-port.on('message', async (request: WorkerRequest) => {
-  const id = request.id;
-  try {
-    if (request.type === 'load') {
-      reply({ ...(await load(request.model, request.options)), id });
-    } else if (request.type === 'run') {
-      if (!session) throw new Error('no model is loaded');
+async function handle(request: WorkerRequest): Promise<WorkerResponse> {
+  switch (request.type) {
+    case 'prepare':
+      return prepare(request.model, request.options);
+    case 'commit': {
+      if (!candidate) throw new Error('no prepared model to commit');
+      const previous = serving;
+      serving = candidate;
+      candidate = undefined;
+      if (previous) await previous.release();
+      return { type: 'committed', id: 0 };
+    }
+    case 'discard': {
+      const dropped = candidate;
+      candidate = undefined;
+      if (dropped) await dropped.release();
+      return { type: 'discarded', id: 0 };
+    }
+    case 'run': {
+      if (!serving) throw new Error('no model is loaded');
       const feeds: Record<string, ort.Tensor> = {};
       for (const [name, t] of Object.entries(request.feeds)) feeds[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as never, t.dims);
       const started = performance.now();
-      const results = await session.run(feeds);
+      const results = await serving.run(feeds);
       const ms = performance.now() - started;
       const outputs: Record<string, { type: string; dims: number[]; data: ArrayBufferView }> = {};
-      const transfer: ArrayBuffer[] = [];
-      for (const [name, value] of Object.entries(results)) {
-        const data = value.data as ArrayBufferView;
-        outputs[name] = { type: value.type, dims: [...value.dims], data };
-        if (data.buffer instanceof ArrayBuffer) transfer.push(data.buffer);
-      }
-      reply({ type: 'result', id, outputs, ms }, transfer);
-    } else if (request.type === 'release') {
-      if (session) await session.release();
-      session = undefined;
-      reply({ type: 'released', id });
+      for (const [name, value] of Object.entries(results)) outputs[name] = { type: value.type, dims: [...value.dims], data: value.data as ArrayBufferView };
+      return { type: 'result', id: 0, outputs, ms };
     }
-  } catch (err) {
-    reply({ type: 'error', id, message: (err as Error).message || String(err) });
   }
+}
+
+process.on('message', (request: WorkerRequest) => {
+  handle(request).then(
+    (response) => reply({ ...response, id: request.id }),
+    (err) => reply({ type: 'error', id: request.id, message: (err as Error)?.message || String(err) }),
+  );
 });

@@ -1,12 +1,15 @@
 /** Matching message tensors to a model's declared input, and model outputs back to results. */
 import { classify, Classification } from './classification';
-import { describeTensor, TensorValue } from './tensor';
+import { describeTensor, firstNonFinite, TensorValue } from './tensor';
 import type { ValueInfo } from './worker-protocol';
+
+function describeInput(input: ValueInfo): string {
+  return `"${input.name}" ${input.type ?? '?'} [${(input.shape ?? []).join(', ')}]`;
+}
 
 /** Throws a message naming both shapes when the tensor cannot feed the model input. */
 export function checkInputFits(tensor: TensorValue, input: ValueInfo): void {
-  const expected = `${input.type ?? '?'} [${(input.shape ?? []).join(', ')}]`;
-  const problem = `input tensor ${describeTensor(tensor)} does not fit the model input "${input.name}" ${expected}`;
+  const problem = `msg.payload: input tensor ${describeTensor(tensor)} does not fit the model input ${describeInput(input)}`;
   if (input.type && input.type !== tensor.type) throw new Error(`${problem}: wrong element type`);
   if (input.shape) {
     if (input.shape.length !== tensor.dims.length) throw new Error(`${problem}: wrong number of dimensions`);
@@ -16,9 +19,33 @@ export function checkInputFits(tensor: TensorValue, input: ValueInfo): void {
   }
 }
 
+/**
+ * A reloaded model must take what the serving one takes (ml-preprocess was set up for it): same
+ * element type, same rank, the same fixed sizes, and no size fixed that was free before.
+ */
+export function checkReplacementInput(candidate: ValueInfo | undefined, serving: ValueInfo | undefined): void {
+  if (!serving) return;
+  if (!candidate) throw new Error(`it has no input; the serving model takes ${describeInput(serving)}`);
+  const problem = `its input ${describeInput(candidate)} does not fit what the serving model takes, ${describeInput(serving)}`;
+  if (candidate.type && serving.type && candidate.type !== serving.type) throw new Error(`${problem}: element type ${candidate.type} instead of ${serving.type}`);
+  if (candidate.shape && serving.shape) {
+    if (candidate.shape.length !== serving.shape.length) throw new Error(`${problem}: ${candidate.shape.length} dimensions instead of ${serving.shape.length}`);
+    serving.shape.forEach((was, i) => {
+      const now = candidate.shape![i];
+      if (typeof now === 'number' && now !== was) throw new Error(`${problem}: dimension ${i} is ${now} instead of ${was}`);
+    });
+  }
+}
+
 /** One classification per batch row of a [batch, classes] (or [classes]) output. */
-export function classifyBatch(output: TensorValue, labels: string[] | undefined, k: number): Classification[] {
+export function classifyBatch(output: TensorValue, labels: string[] | undefined, k: number, outputName = 'output'): Classification[] {
   const dims = output.dims;
+  const bad = firstNonFinite(output.data);
+  if (bad) {
+    const classes = dims[dims.length - 1];
+    const label = labels?.[bad.index % classes];
+    throw new Error(`the model's output "${outputName}" holds ${bad.value} at index ${bad.index}${label ? ` (class "${label}")` : ''}; expected finite scores. The input or the model is broken`);
+  }
   const classes = dims[dims.length - 1];
   const rows = dims.length === 1 ? 1 : dims.slice(0, -1).reduce((a, b) => a * b, 1);
   if (dims.length > 2 && rows !== dims[0]) {

@@ -21,6 +21,40 @@ export function elementCount(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);
 }
 
+/** The first NaN or ±Infinity in the data, if any (integer types never hold one). */
+export function firstNonFinite(data: ArrayLike<number | bigint>): { index: number; value: number } | undefined {
+  if (!(data instanceof Float32Array || data instanceof Float64Array)) return undefined;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return { index: i, value: data[i] };
+  return undefined;
+}
+
+/** Throws when a float tensor holds NaN or ±Infinity, which no model input should. */
+export function checkFinite(tensor: TensorValue, field = 'msg.payload.data'): void {
+  const bad = firstNonFinite(tensor.data);
+  if (bad) throw new Error(`Expected finite tensor values but received ${bad.value} at index ${bad.index} of ${field}`);
+}
+
+const INTEGER_RANGES: Partial<Record<TensorType, [number, number]>> = {
+  uint8: [0, 255],
+  int8: [-128, 127],
+  int32: [-2147483648, 2147483647],
+  int64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+};
+
+/** Plain-array data is converted, so check each value first rather than let it wrap or become 0. */
+function checkPlainValues(values: unknown[], type: TensorType): void {
+  const range = INTEGER_RANGES[type];
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (typeof v !== 'number') {
+      throw new Error(`msg.payload.data[${i}] must be a number (tensor type ${type}), got ${v === null ? 'null' : typeof v} ${JSON.stringify(v)}`);
+    }
+    if (range && !(Number.isInteger(v) && v >= range[0] && v <= range[1])) {
+      throw new Error(`msg.payload.data[${i}] must be a whole number from ${range[0]} to ${range[1]} for tensor type ${type}, got ${v}`);
+    }
+  }
+}
+
 export function describeTensor(t: { type?: unknown; dims?: unknown }): string {
   return `${String(t.type)} [${Array.isArray(t.dims) ? t.dims.join(', ') : '?'}]`;
 }
@@ -37,11 +71,11 @@ export function toTensorValue(value: unknown): TensorValue {
   const v = value as Record<string, unknown>;
   const type = v.type as TensorType;
   if (!(type in TYPED_ARRAYS)) {
-    throw new Error(`tensor type must be one of ${Object.keys(TYPED_ARRAYS).join(', ')}, got ${JSON.stringify(v.type)}`);
+    throw new Error(`msg.payload.type: tensor type must be one of ${Object.keys(TYPED_ARRAYS).join(', ')}, got ${JSON.stringify(v.type)}`);
   }
   const dims = v.dims;
   if (!Array.isArray(dims) || dims.length === 0 || !dims.every((d) => Number.isInteger(d) && d > 0)) {
-    throw new Error(`tensor dims must be an array of positive integers, got ${JSON.stringify(dims)}`);
+    throw new Error(`msg.payload.dims must be an array of positive integers, got ${JSON.stringify(dims)}`);
   }
   const Ctor = TYPED_ARRAYS[type];
   let data: TensorData;
@@ -49,20 +83,21 @@ export function toTensorValue(value: unknown): TensorValue {
   if (raw instanceof Ctor) {
     data = raw;
   } else if (Array.isArray(raw)) {
+    checkPlainValues(raw, type);
     data = type === 'int64' ? BigInt64Array.from(raw.map((x) => BigInt(x))) : (Ctor as unknown as { from(a: number[]): TensorData }).from(raw);
   } else if (ArrayBuffer.isView(raw)) {
     const bytes = raw as ArrayBufferView;
     const size = (Ctor as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT;
-    if (bytes.byteLength % size !== 0) throw new Error(`tensor data has ${bytes.byteLength} bytes, not a whole number of ${type} values`);
+    if (bytes.byteLength % size !== 0) throw new Error(`msg.payload.data has ${bytes.byteLength} bytes, not a whole number of ${type} values (${size} bytes each)`);
     const copy = new Uint8Array(bytes.byteLength);
     copy.set(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
     data = new Ctor(copy.buffer, 0, bytes.byteLength / size);
   } else {
-    throw new Error('tensor data must be a typed array or an array of numbers');
+    throw new Error(`msg.payload.data must be a typed array or an array of numbers, got ${raw === null ? 'null' : typeof raw}`);
   }
   const expected = elementCount(dims);
   if (data.length !== expected) {
-    throw new Error(`tensor ${describeTensor(v)} needs ${expected} values but its data has ${data.length}`);
+    throw new Error(`msg.payload: tensor ${describeTensor(v)} needs ${expected} values but its data has ${data.length}`);
   }
   return { type, dims: dims.slice(), data };
 }

@@ -1,4 +1,4 @@
-/** Messages between ModelRunner (main thread) and inference-worker. */
+/** Messages between ModelRunner (Node-RED's process) and inference-worker (a child process). */
 export interface SessionOptions {
   executionProviders: string[];
   intraOpNumThreads: number;
@@ -18,13 +18,19 @@ export interface WireTensor {
   data: ArrayBufferView;
 }
 
+/**
+ * A model is loaded in two steps so the caller can check the new session before it serves:
+ * `prepare` creates a candidate beside the serving session, `commit` swaps it in, `discard` drops it.
+ */
 export type WorkerRequest =
-  | { type: 'load'; id: number; model: Uint8Array; options: SessionOptions }
-  | { type: 'run'; id: number; feeds: Record<string, WireTensor> }
-  | { type: 'release'; id: number };
+  | { type: 'prepare'; id: number; model: Uint8Array; options: SessionOptions }
+  | { type: 'commit'; id: number }
+  | { type: 'discard'; id: number }
+  | { type: 'run'; id: number; feeds: Record<string, WireTensor> };
 
 export type WorkerResponse =
-  | { type: 'loaded'; id?: number; inputs: ValueInfo[]; outputs: ValueInfo[] }
+  | { type: 'prepared'; id: number; inputs: ValueInfo[]; outputs: ValueInfo[] }
+  | { type: 'committed'; id: number }
+  | { type: 'discarded'; id: number }
   | { type: 'result'; id: number; outputs: Record<string, WireTensor>; ms: number }
-  | { type: 'released'; id: number }
   | { type: 'error'; id: number; message: string };

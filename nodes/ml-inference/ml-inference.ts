@@ -1,9 +1,9 @@
-/** ml-inference: runs a tensor through the shared model (worker thread) with a bounded frame policy. */
+/** ml-inference: runs a tensor through the shared model (worker process) with a bounded frame policy. */
 import * as path from 'path';
 import { FrameQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import { DoneFunction, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, SendFunction } from '../lib/red-types';
-import { toTensorValue } from '../lib/tensor';
+import { checkFinite, toTensorValue } from '../lib/tensor';
 import type { MlModelNode } from '../ml-model/ml-model';
 
 interface Job {
@@ -66,14 +66,16 @@ module.exports = function (RED: NodeAPI) {
       if (!model) throw new Error('no ml-model config node is selected');
       const loaded = await model.ready();
       const tensor = toTensorValue(job.msg.payload);
+      checkFinite(tensor);
       const input = loaded.inputs[0];
       checkInputFits(tensor, input);
       const result = await model.run({ [input.name]: tensor });
-      const output = result.outputs[loaded.outputs[0].name];
+      const outputName = loaded.outputs[0].name;
+      const output = result.outputs[outputName];
       if (mode === 'raw') {
         job.msg.payload = { outputs: plainOutputs(result.outputs) };
       } else {
-        const rows = classifyBatch(output, loaded.classLabels, topK);
+        const rows = classifyBatch(output, loaded.classLabels, topK, outputName);
         job.msg.payload = tensor.dims[0] === 1 ? rows[0] : rows;
       }
       lastMs = result.ms;
@@ -113,7 +115,7 @@ module.exports = function (RED: NodeAPI) {
         showStatus(true);
         droppedJob.done(); // a deliberate drop under load is not an error
       }
-      pump();
+      pump().catch((err) => node.error(`inference queue stopped: ${errorMessage(err)}`));
     });
 
     node.on('close', (_removed: boolean, done: () => void) => {

@@ -7,6 +7,9 @@ function predictionOf(msg: NodeMessage): { label: string; score: number } {
   if (!p || typeof p !== 'object' || typeof p.label !== 'string' || typeof p.score !== 'number') {
     throw new Error('msg.payload must be a classification {label, score} from ml-inference');
   }
+  if (!Number.isFinite(p.score)) {
+    throw new Error(`msg.payload.score must be a finite number from 0 to 1, got ${p.score}; a model that outputs NaN or Infinity cannot be routed`);
+  }
   return { label: p.label, score: p.score };
 }
 
