@@ -164,3 +164,13 @@ test('rules without a threshold (or with an unset ${ENV}) take the default', () 
   const rules = validateRules([{ name: 'a', labels: 'x', threshold: '${SORTER_MIN_SCORE}' }, { name: 'b', labels: 'y', threshold: '' }, { name: 'c', labels: 'z', threshold: '0.9' }], 0.55);
   assert.deepEqual(rules.map((r) => r.threshold), [0.55, 0.55, 0.9]);
 });
+
+test('settings take ${NAME:-default}: the variable when set and not empty, else the default', () => {
+  const { textSetting, numberSetting } = require('../nodes/lib/red-types');
+  assert.equal(textSetting('${SORTER_DIVERT_TTL_S:-10}', {}), '10');
+  assert.equal(textSetting('${SORTER_DIVERT_TTL_S:-10}', { SORTER_DIVERT_TTL_S: '' }), '10');
+  assert.equal(textSetting('${SORTER_DIVERT_TTL_S:-10}', { SORTER_DIVERT_TTL_S: ' 3 ' }), '3');
+  assert.equal(textSetting('${UNSET_AND_NO_DEFAULT}', {}), '');
+  assert.equal(textSetting('plain'), 'plain');
+  assert.equal(numberSetting('${GG_ML_TEST_UNSET_VARIABLE:-7}', 0), 7);
+});

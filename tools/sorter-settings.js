@@ -3,11 +3,14 @@ const path = require('path');
 
 module.exports = {
   uiPort: Number(process.env.PORT) || 1880,
-  uiHost: process.env.HOST || '0.0.0.0',
+  // The editor has no login here: only this machine reaches it unless HOST says otherwise
+  // (e.g. HOST=0.0.0.0 behind a firewall, after setting adminAuth).
+  uiHost: process.env.HOST || '127.0.0.1',
   flowFile: 'flows.json',
   flowFilePretty: true,
-  // A fixed key keeps stored credentials readable across restarts of this demo user directory.
-  credentialSecret: process.env.NODE_RED_CREDENTIAL_SECRET || 'recycling-sorter-demo',
+  // Unset, Node-RED generates a random key once and keeps it in the user directory; a fixed key
+  // in a public repository would protect nothing.
+  ...(process.env.NODE_RED_CREDENTIAL_SECRET ? { credentialSecret: process.env.NODE_RED_CREDENTIAL_SECRET } : {}),
   userDir: process.env.SORTER_USER_DIR || path.resolve(__dirname, '..', '.node-red-data'),
   logging: { console: { level: process.env.NODE_RED_LOG_LEVEL || 'info', metrics: false, audit: false } },
   editorTheme: { projects: { enabled: false }, tours: false },

@@ -56,9 +56,13 @@ export interface NodeAPI {
  * A text property. Node-RED replaces a property that is exactly ${VAR} with the variable's value but
  * leaves it as written when VAR is unset; that case means "not set" here, so node defaults apply.
  */
-export function textSetting(value: unknown): string {
+export function textSetting(value: unknown, env: NodeJS.ProcessEnv = process.env): string {
   if (value === undefined || value === null) return '';
   const text = String(value).trim();
+  // Node-RED substitutes a property that is exactly ${NAME}; ${NAME:-default} is ours (shell-like):
+  // the variable when set and not empty, else the default.
+  const withDefault = /^\$\{(\w+):-([^}]*)\}$/.exec(text);
+  if (withDefault) return (env[withDefault[1]] || withDefault[2]).trim();
   return /^\$\{[^}]+\}$/.test(text) ? '' : text;
 }
 

@@ -118,13 +118,13 @@ module.exports = function (RED: NodeAPI) {
       pump().catch((err) => node.error(`inference queue stopped: ${errorMessage(err)}`));
     });
 
-    node.on('close', (_removed: boolean, done: () => void) => {
+    node.on('close', (removed: boolean, done: () => void) => {
       closing = true;
       for (const job of queue.drain()) job.done();
       if (!model) return done();
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);
-      model.deregister(node, done);
+      model.deregister(node, done, removed);
     });
   }
 

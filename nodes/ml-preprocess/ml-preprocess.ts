@@ -82,8 +82,8 @@ module.exports = function (RED: NodeAPI) {
       }
     });
 
-    node.on('close', (_removed: boolean, done: () => void) => {
-      if (model) model.deregister(node, done);
+    node.on('close', (removed: boolean, done: () => void) => {
+      if (model) model.deregister(node, done, removed);
       else done();
     });
   }
