@@ -135,6 +135,46 @@ test('results spooled while the broker is down survive a Node-RED restart and go
   }
 });
 
+test('a message the broker refuses (ACL) is set aside after three tries, reported by its own node, and the rest keep flowing', async () => {
+  // mosquitto answers a QoS 1 PUBLISH that its ACL denies with PUBACK reason 0x87 (not authorized)
+  // to MQTT 5 clients; without a dead letter it would block every later result forever.
+  const dir = tmpDir('gg-acl-');
+  fs.writeFileSync(path.join(dir, 'acl'), 'topic readwrite recycling/#\n');
+  const broker = await startMosquitto({ dir, listener: (p) => `listener ${p} 127.0.0.1\nallow_anonymous true\nacl_file ${path.join(dir, 'acl')}` });
+  const sub = await collect(broker.url, ['recycling/#']);
+  const spoolDir = tmpDir('gg-spool-');
+  try {
+    await loadFlow(helper, nodes, [
+      ...flow({ transport: 'mqtt', url: broker.url, spoolDir }),
+      { id: 'forbidden', type: 'greengrass-publish', z: 'tab', connection: 'conn', topic: 'plant/secrets', qos: 1 },
+    ]);
+    const conn = helper.getNode('conn');
+    await until(() => conn.state === 'connected', 10_000, 'the connection');
+    const caught = [];
+    helper.getNode('errors').on('input', (m) => caught.push(m));
+    helper.getNode('pub').receive({ payload: { n: 1 }, frame: { camera: 'belt1' } });
+    helper.getNode('forbidden').receive({ payload: { n: 2 } });
+    for (let n = 3; n <= 6; n++) helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+    await until(() => sub.messages.length >= 5, 15_000, 'the allowed results');
+    assert.deepEqual(sub.messages.map((m) => JSON.parse(m.payload).n), [1, 3, 4, 5, 6]);
+    await until(() => caught.length >= 1, 5000, 'the report of the refused message');
+    assert.equal(caught.length, 1);
+    assert.equal(caught[0].error.source.id, 'forbidden', 'reported by the node that published it');
+    assert.match(caught[0].error.message, /gave up on a message to plant\/secrets after repeated refusals: .*(not authori[sz]ed|0x87|135)/i);
+    const letters = fs.readdirSync(path.join(spoolDir, 'dead-letter'));
+    assert.equal(letters.length, 1);
+    const letter = JSON.parse(fs.readFileSync(path.join(spoolDir, 'dead-letter', letters[0]), 'utf8'));
+    assert.equal(letter.topic, 'plant/secrets');
+    assert.deepEqual(JSON.parse(letter.payload), { n: 2 });
+    assert.equal(conn.spoolCounters().deadLettered, 1);
+    assert.equal(conn.queued, 0);
+  } finally {
+    await sub.close();
+    await helper.unload();
+    await broker.close();
+  }
+});
+
 test('IPC: as a component, results go to local pub/sub and IoT Core through the nucleus with the token', async () => {
   const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
   const nucleus = new FakeNucleusIpc(socketPath, 'component-token-1');

@@ -24,13 +24,19 @@ export interface PublishRequest extends OutgoingCheck {
   destination?: 'local' | 'iotcore';
   /** Time-sensitive messages: dropped unsent after this (ms since epoch). */
   expiresAt?: number;
+  /** Id of the publishing node: it reports the message if the server refuses it for good. */
+  publisher?: string;
 }
 
 export interface DeadLetter {
   topic: string;
   reason: string;
   file: string;
+  publisher?: string;
 }
+
+/** A 'deadletter' listener returns true when it reported the letter; `anyone` asks it to report one that is not its own. */
+export type DeadLetterListener = (letter: DeadLetter, anyone: boolean) => boolean;
 
 export interface GreengrassConnectionNode extends SharedResourceNode {
   /** 'state', 'queue' and 'deadletter' (DeadLetter) events for the publish nodes. */
@@ -127,10 +133,12 @@ module.exports = function (RED: NodeAPI) {
         onChange: queueChanged,
         onWarning: (text) => node.warn(text),
         onDeadLetter: (m, reason, file) => {
-          const letter: DeadLetter = { topic: m.topic, reason, file };
-          // One report, through a publish node so a Catch node sees it; the connection's log otherwise.
-          const [report] = events.listeners('deadletter');
-          if (report) report(letter);
+          const letter: DeadLetter = { topic: m.topic, reason, file, publisher: m.publisher };
+          // One report, by the node that published it so its Catch node sees it; by another publish
+          // node if that one is gone; by the connection's log if none is left.
+          const listeners = events.listeners('deadletter') as DeadLetterListener[];
+          if (listeners.some((report) => report(letter, false))) return;
+          if (listeners.length) listeners[0](letter, true);
           else node.error(`gave up on a message to ${m.topic}: ${reason}; it is kept in ${file}`);
         },
       });
@@ -185,7 +193,8 @@ module.exports = function (RED: NodeAPI) {
     node.publish = async (request) => {
       if (configError || !transport) throw new Error(`connection settings are invalid: ${configError}`);
       const message: SpooledMessage = {
-        topic: request.topic, payload: request.payload, qos: request.qos, destination: request.destination, at: Date.now(), expiresAt: request.expiresAt,
+        topic: request.topic, payload: request.payload, qos: request.qos, destination: request.destination, at: Date.now(),
+        expiresAt: request.expiresAt, publisher: request.publisher,
       };
       checkOutgoing(message, {
         allowReserved: request.allowReserved,

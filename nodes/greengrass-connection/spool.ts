@@ -30,6 +30,8 @@ export interface SpooledMessage {
   at: number;
   /** After this time (ms since epoch) the message is worthless and is dropped unsent. */
   expiresAt?: number;
+  /** Id of the node that published it, so that a refusal is reported by that node. */
+  publisher?: string;
 }
 
 export interface SpoolLimits {
@@ -112,7 +114,7 @@ interface StoredRecord extends SpooledMessage {
 function encodeRecord(seq: number, m: SpooledMessage): Buffer {
   const isText = typeof m.payload === 'string';
   const body = Buffer.from(JSON.stringify({
-    seq, topic: m.topic, qos: m.qos, destination: m.destination, at: m.at, expiresAt: m.expiresAt,
+    seq, topic: m.topic, qos: m.qos, destination: m.destination, at: m.at, expiresAt: m.expiresAt, publisher: m.publisher,
     encoding: isText ? 'utf8' : 'base64', payload: isText ? m.payload : (m.payload as Buffer).toString('base64'),
   }));
   const header = Buffer.alloc(HEADER_BYTES);
@@ -134,6 +136,7 @@ function decodeMessage(raw: unknown): SpooledMessage {
   const expiresAt = typeof r.expiresAt === 'number' && Number.isFinite(r.expiresAt) ? r.expiresAt : undefined;
   return {
     topic: r.topic, qos: r.qos, destination: r.destination as string | undefined, at, expiresAt,
+    publisher: typeof r.publisher === 'string' ? r.publisher : undefined,
     payload: r.encoding === 'utf8' ? r.payload : Buffer.from(r.payload, 'base64'),
   };
 }

@@ -47,11 +47,13 @@ module.exports = function (RED: NodeAPI) {
     }
 
     /** A message the server refused for good, set aside by the spool: one report, to Catch. */
-    function reportDeadLetter(letter: DeadLetter) {
+    function reportDeadLetter(letter: DeadLetter, anyone: boolean): boolean {
+      if (letter.publisher !== node.id && !anyone) return false;
       node.error(`gave up on a message to ${letter.topic} after repeated refusals: ${letter.reason}; it is kept in ${letter.file}`, {
         topic: letter.topic, payload: letter,
       });
       showStatus();
+      return true;
     }
 
     if (!connection) {
@@ -71,7 +73,7 @@ module.exports = function (RED: NodeAPI) {
         const topic = renderTopic(template || String(msg.topic ?? ''), msg);
         const body = awsFormat ? toAwsMlInferenceMessage(msg.payload, msg.frame) : msg.payload;
         const outcome = await connection.publish({
-          topic, payload: encodePayload(body), qos, destination, allowReserved,
+          topic, payload: encodePayload(body), qos, destination, allowReserved, publisher: node.id,
           expiresAt: expirySeconds > 0 ? Date.now() + expirySeconds * 1000 : undefined,
         });
         published++;
