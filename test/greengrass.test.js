@@ -139,7 +139,9 @@ test('a message the broker refuses (ACL) is set aside after three tries, reporte
   // mosquitto answers a QoS 1 PUBLISH that its ACL denies with PUBACK reason 0x87 (not authorized)
   // to MQTT 5 clients; without a dead letter it would block every later result forever.
   const dir = tmpDir('gg-acl-');
-  fs.writeFileSync(path.join(dir, 'acl'), 'topic readwrite recycling/#\n');
+  // `topic` lines cover anonymous clients (the subscriber); `pattern` lines every client, including
+  // the SDK's, which sends a user name.
+  fs.writeFileSync(path.join(dir, 'acl'), 'topic readwrite recycling/#\npattern readwrite recycling/#\n');
   const broker = await startMosquitto({ dir, listener: (p) => `listener ${p} 127.0.0.1\nallow_anonymous true\nacl_file ${path.join(dir, 'acl')}` });
   const sub = await collect(broker.url, ['recycling/#']);
   const spoolDir = tmpDir('gg-spool-');
