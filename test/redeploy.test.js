@@ -27,7 +27,7 @@ async function waitForLog(proc, pattern, from, timeoutMs, what) {
 
 const count = (text, pattern) => (text.match(pattern) ?? []).length;
 
-test('results keep coming after full, flows, nodes and reload deploys, and after Node-RED is killed', async () => {
+test('results keep coming after full, flows, nodes and reload deploys, tab disable, connection edits and moves, and after Node-RED is killed', async () => {
   const work = tmpDir('gg-redeploy-');
   const userDir = path.join(work, 'user');
   fs.mkdirSync(path.join(userDir, 'node_modules'), { recursive: true });
@@ -74,6 +74,37 @@ test('results keep coming after full, flows, nodes and reload deploys, and after
         assert.equal(count(proc.log, /connected to /g), connectionsBefore, `a "${type}" deploy of the route node did not reconnect`);
       }
     }
+    // Editor actions beyond a plain deploy: disable and enable the tab, edit the shared connection,
+    // move one publish node to a second connection (deployed as Modified Flows, as the editor does).
+    const deploy = async (type, edit) => {
+      const current = await (await fetch(`${base}/flows`, { headers: { 'Node-RED-API-Version': 'v2' } })).json();
+      const answer = await fetch(`${base}/flows`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Node-RED-API-Version': 'v2', 'Node-RED-Deployment-Type': type },
+        body: JSON.stringify({ flows: edit(current.flows), rev: current.rev }),
+      });
+      assert.ok(answer.ok, `deploy answered ${answer.status}`);
+    };
+    const resumes = async (what) => {
+      const before = { results: results().length, diverts: diverts().length };
+      const started = Date.now();
+      await until(() => results().length >= before.results + 3 && diverts().length >= before.diverts + 3, RESUME_WITHIN_MS, `results to resume after ${what}`);
+      figures.push(`${what} ${Date.now() - started} ms`);
+    };
+    await deploy('flows', (flows) => flows.map((n) => (n.type === 'tab' ? { ...n, disabled: true } : n)));
+    await sleep(1000);
+    const whileDisabled = results().length;
+    await sleep(1000);
+    assert.ok(results().length <= whileDisabled + 1, 'a disabled tab sends nothing');
+    await deploy('flows', (flows) => flows.map((n) => (n.type === 'tab' ? { ...n, disabled: false } : n)));
+    await resumes('tab enabled');
+    await deploy('nodes', (flows) => flows.map((n) => (n.id === 'sorter-connection' ? { ...n, keepalive: 45 } : n)));
+    await resumes('connection edited');
+    await deploy('flows', (flows) => [
+      ...flows.map((n) => (n.id === 'publish-result' ? { ...n, connection: 'second-connection' } : n)),
+      { ...flows.find((n) => n.id === 'sorter-connection'), id: 'second-connection', name: 'second broker', spoolDir: path.join(work, 'spool-2') },
+    ]);
+    await resumes('result publish moved to another connection');
     console.log(`# results resumed after deploys: ${figures.join(', ')}`);
     assert.doesNotMatch(proc.log, /Unhandled|uncaught/i);
 
