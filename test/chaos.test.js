@@ -5,41 +5,25 @@
 // at least once, Node-RED only died when killed, no ffmpeg is left and memory stayed bounded.
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, execFileSync } = require('child_process');
+const { execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, MODEL, tmpDir, freePort, sleep, until, killOnExit, validationPhotos, startMosquitto, collect } = require('./helpers');
+const { ROOT, MODEL, tmpDir, freePort, sleep, until, validationPhotos, startMosquitto, collect, nodeRedUserDir, startNodeRed, deployFlows } = require('./helpers');
 
 const MAX_RSS_MB = 1024;
 
-function startNodeRed(userDir, port, env) {
-  const red = killOnExit(spawn(process.execPath, [require.resolve('node-red/red.js'), '--userDir', userDir, '--port', String(port), 'flows.json'], {
-    env: { ...process.env, ...env },
-  }));
-  const proc = { red, log: '', maxRssMb: 0 };
-  red.stdout.on('data', (d) => { proc.log += d; });
-  red.stderr.on('data', (d) => { proc.log += d; });
-  proc.sampler = setInterval(() => {
+/** Node-RED with its peak RSS sampled. */
+function startSampledNodeRed(userDir, port, env) {
+  const proc = startNodeRed(userDir, port, env);
+  proc.maxRssMb = 0;
+  const sampler = setInterval(() => {
     try {
-      const rss = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${red.pid}/status`, 'utf8'));
+      const rss = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${proc.red.pid}/status`, 'utf8'));
       if (rss) proc.maxRssMb = Math.max(proc.maxRssMb, Number(rss[1]) / 1024);
     } catch { /* exited */ }
   }, 250);
-  red.once('exit', () => clearInterval(proc.sampler));
+  proc.red.once('exit', () => clearInterval(sampler));
   return proc;
-}
-
-const exited = (proc) => new Promise((resolve) => (proc.red.exitCode !== null || proc.red.signalCode ? resolve() : proc.red.once('exit', resolve)));
-
-async function deployModifiedFlows(base, rename) {
-  const current = await (await fetch(`${base}/flows`, { headers: { 'Node-RED-API-Version': 'v2' } })).json();
-  const flows = current.flows.map((n) => (n.id === 'route' ? { ...n, name: rename } : n));
-  const answer = await fetch(`${base}/flows`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'Node-RED-API-Version': 'v2', 'Node-RED-Deployment-Type': 'flows' },
-    body: JSON.stringify({ flows, rev: current.rev }),
-  });
-  assert.ok(answer.ok, `deploy answered ${answer.status}`);
 }
 
 function ffmpegChildren(pid) {
@@ -52,9 +36,6 @@ function ffmpegChildren(pid) {
 
 test('chaos: broker outage, redeploy, broken model, damaged spool files and a SIGKILL lose no accepted result', async () => {
   const work = tmpDir('gg-chaos-');
-  const userDir = path.join(work, 'user');
-  fs.mkdirSync(path.join(userDir, 'node_modules'), { recursive: true });
-  fs.symlinkSync(ROOT, path.join(userDir, 'node_modules', 'node-red-contrib-greengrass-ml'), 'dir');
   // The sample flow, plus a record of what the result publish node accepted: its output fires only
   // once the result is on disk in the spool, so each id written here must reach the broker.
   const flow = JSON.parse(fs.readFileSync(path.join(ROOT, 'flows', 'recycling-sorter.json'), 'utf8'));
@@ -64,7 +45,7 @@ test('chaos: broker outage, redeploy, broken model, damaged spool files and a SI
     { id: 'chaos-accepted-id', type: 'change', z: 'sorter-tab', x: 900, y: 500, rules: [{ t: 'set', p: 'payload', pt: 'msg', to: 'payload.id', tot: 'msg' }], wires: [['chaos-accepted-log']] },
     { id: 'chaos-accepted-log', type: 'file', z: 'sorter-tab', x: 1100, y: 500, filename: acceptedFile, filenameType: 'str', appendNewline: true, createDir: true, overwriteFile: 'false', encoding: 'utf8', wires: [[]] },
   );
-  fs.writeFileSync(path.join(userDir, 'flows.json'), JSON.stringify(flow));
+  const userDir = nodeRedUserDir(work, flow);
   const source = path.join(work, 'photos');
   fs.mkdirSync(source);
   for (const p of validationPhotos(3)) fs.symlinkSync(p.file, path.join(source, `${p.label}-${path.basename(p.file)}`));
@@ -84,7 +65,7 @@ test('chaos: broker outage, redeploy, broken model, damaged spool files and a SI
     SORTER_SOURCE: source, SORTER_INTERVAL_MS: '100', SORTER_CAMERA_ID: 'belt1', MQTT_URL: broker.url, SORTER_MODEL: model,
     SORTER_REVIEW_DIR: path.join(work, 'review'), SORTER_SPOOL_DIR: spoolDir,
   };
-  const runs = [startNodeRed(userDir, port, env)];
+  const runs = [startSampledNodeRed(userDir, port, env)];
   const delivered = () => sub.messages.map((m) => JSON.parse(m.payload).id);
   try {
     await until(() => /Started flows/.test(runs[0].log), 60_000, 'Node-RED to start');
@@ -100,7 +81,7 @@ test('chaos: broker outage, redeploy, broken model, damaged spool files and a SI
     await until(() => sub.messages.length >= afterOutage + 10, 20_000, 'results after the outage');
 
     // 2. A Modified Flows deploy.
-    await deployModifiedFlows(base, 'bins (chaos)');
+    await deployFlows(base, 'flows', (flows) => flows.map((n) => (n.id === 'route' ? { ...n, name: 'bins (chaos)' } : n)));
     const afterDeploy = sub.messages.length;
     await until(() => sub.messages.length >= afterDeploy + 10, 10_000, 'results after the deploy');
 
@@ -124,10 +105,10 @@ test('chaos: broker outage, redeploy, broken model, damaged spool files and a SI
 
     // 5. Node-RED is killed without a chance to clean up, and started again.
     runs[0].red.kill('SIGKILL');
-    await exited(runs[0]);
+    await runs[0].exited();
     assert.equal(runs[0].red.signalCode, 'SIGKILL', `the first Node-RED died only when killed:\n${runs[0].log.slice(-3000)}`);
     broker = await startMosquitto({ dir: brokerDir, listener, port: broker.port });
-    runs.push(startNodeRed(userDir, port, env));
+    runs.push(startSampledNodeRed(userDir, port, env));
     await until(() => /Started flows/.test(runs[1].log), 60_000, 'Node-RED to start again');
 
     // Every accepted result arrives, old ones from the spool and new ones alike.
@@ -152,7 +133,7 @@ test('chaos: broker outage, redeploy, broken model, damaged spool files and a SI
   } finally {
     for (const r of runs) {
       if (r.red.exitCode === null && !r.red.signalCode) r.red.kill('SIGINT');
-      await exited(r);
+      await r.exited();
     }
     await sub.close();
     await broker.close();

@@ -194,7 +194,47 @@ async function until(predicate, timeoutMs, what) {
   }
 }
 
+/**
+ * A Node-RED user directory with this collection installed (linked, as `npm start` does) and
+ * `flow` as its flows.json.
+ */
+function nodeRedUserDir(work, flow) {
+  const userDir = path.join(work, 'user');
+  fs.mkdirSync(path.join(userDir, 'node_modules'), { recursive: true });
+  fs.symlinkSync(ROOT, path.join(userDir, 'node_modules', 'node-red-contrib-greengrass-ml'), 'dir');
+  fs.writeFileSync(path.join(userDir, 'flows.json'), JSON.stringify(flow));
+  return userDir;
+}
+
+/** A real Node-RED process (not the test helper): `log` collects its output, `exited` waits for it. */
+function startNodeRed(userDir, port, env = {}) {
+  const red = killOnExit(spawn(process.execPath, [require.resolve('node-red/red.js'), '--userDir', userDir, '--port', String(port), 'flows.json'], {
+    env: { ...process.env, ...env },
+  }));
+  const proc = {
+    red,
+    log: '',
+    base: `http://127.0.0.1:${port}`,
+    exited: () => new Promise((resolve) => (red.exitCode !== null || red.signalCode ? resolve() : red.once('exit', resolve))),
+  };
+  red.stdout.on('data', (d) => { proc.log += d; });
+  red.stderr.on('data', (d) => { proc.log += d; });
+  return proc;
+}
+
+/** Deploys through the admin API as the editor does: `edit` changes the current flows, `type` is the deployment type. */
+async function deployFlows(base, type, edit) {
+  const current = await (await fetch(`${base}/flows`, { headers: { 'Node-RED-API-Version': 'v2' } })).json();
+  const answer = await fetch(`${base}/flows`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Node-RED-API-Version': 'v2', 'Node-RED-Deployment-Type': type },
+    body: JSON.stringify({ flows: edit(current.flows), rev: current.rev }),
+  });
+  if (!answer.ok) throw new Error(`a "${type}" deploy answered ${answer.status}: ${await answer.text()}`);
+}
+
 module.exports = {
   ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
   startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until, killOnExit,
+  nodeRedUserDir, startNodeRed, deployFlows,
 };

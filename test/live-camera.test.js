@@ -270,10 +270,13 @@ async function rtspCamera({ publishPort, clientPort, user, password } = {}) {
 }
 
 /** ffmpeg processes whose command line mentions this text (the tests' own cameras excluded). */
+/** ffmpeg processes started by this test process (the nodes run in it), not by anything else on the machine. */
 function ffmpegProcesses(text) {
   const found = [];
   for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
+      const parent = Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[1]);
+      if (parent !== process.pid) continue;
       const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
       if (path.basename(cmd[0]) === 'ffmpeg' && !cmd.includes('lavfi') && cmd.join(' ').includes(text)) found.push({ pid: Number(pid), cmd });
     } catch {

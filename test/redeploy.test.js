@@ -3,22 +3,11 @@
 // without warning and started again: results must keep coming after every one of them.
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, tmpDir, freePort, sleep, until, killOnExit, validationPhotos, startMosquitto, collect } = require('./helpers');
+const { ROOT, tmpDir, freePort, sleep, until, validationPhotos, startMosquitto, collect, nodeRedUserDir, startNodeRed, deployFlows } = require('./helpers');
 
 const RESUME_WITHIN_MS = 5000;
-
-function startNodeRed(userDir, port, env) {
-  const red = killOnExit(spawn(process.execPath, [require.resolve('node-red/red.js'), '--userDir', userDir, '--port', String(port), 'flows.json'], {
-    env: { ...process.env, ...env },
-  }));
-  const proc = { red, log: '' };
-  red.stdout.on('data', (d) => { proc.log += d; });
-  red.stderr.on('data', (d) => { proc.log += d; });
-  return proc;
-}
 
 async function waitForLog(proc, pattern, from, timeoutMs, what) {
   await until(() => pattern.test(proc.log.slice(from)) || proc.red.exitCode !== null, timeoutMs, what);
@@ -29,10 +18,7 @@ const count = (text, pattern) => (text.match(pattern) ?? []).length;
 
 test('results keep coming after full, flows, nodes and reload deploys, tab disable, connection edits and moves, and after Node-RED is killed', async () => {
   const work = tmpDir('gg-redeploy-');
-  const userDir = path.join(work, 'user');
-  fs.mkdirSync(path.join(userDir, 'node_modules'), { recursive: true });
-  fs.symlinkSync(ROOT, path.join(userDir, 'node_modules', 'node-red-contrib-greengrass-ml'), 'dir');
-  fs.copyFileSync(path.join(ROOT, 'flows', 'recycling-sorter.json'), path.join(userDir, 'flows.json'));
+  const userDir = nodeRedUserDir(work, JSON.parse(fs.readFileSync(path.join(ROOT, 'flows', 'recycling-sorter.json'), 'utf8')));
   const source = path.join(work, 'photos');
   fs.mkdirSync(source);
   for (const p of validationPhotos(2)) fs.symlinkSync(p.file, path.join(source, `${p.label}-${path.basename(p.file)}`));
@@ -55,17 +41,10 @@ test('results keep coming after full, flows, nodes and reload deploys, tab disab
     const figures = [];
     for (const type of ['flows', 'nodes', 'full', 'reload']) {
       const connectionsBefore = count(proc.log, /connected to /g);
-      const current = await (await fetch(`${base}/flows`, { headers: { 'Node-RED-API-Version': 'v2' } })).json();
-      // What a user does in the editor: rename the routing node, then deploy.
-      const flows = current.flows.map((n) => (n.id === 'route' ? { ...n, name: `bins (${type})` } : n));
       const before = { results: results().length, diverts: diverts().length };
       const started = Date.now();
-      const answer = await fetch(`${base}/flows`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Node-RED-API-Version': 'v2', 'Node-RED-Deployment-Type': type },
-        body: JSON.stringify({ flows, rev: current.rev }),
-      });
-      assert.ok(answer.ok, `${type} deploy answered ${answer.status}: ${await answer.text()}`);
+      // What a user does in the editor: rename the routing node, then deploy.
+      await deployFlows(base, type, (flows) => flows.map((n) => (n.id === 'route' ? { ...n, name: `bins (${type})` } : n)));
       await until(() => results().length >= before.results + 3 && diverts().length >= before.diverts + 3, RESUME_WITHIN_MS,
         `results and bin decisions to resume after a "${type}" deploy`);
       figures.push(`${type} ${Date.now() - started} ms`);
@@ -76,15 +55,7 @@ test('results keep coming after full, flows, nodes and reload deploys, tab disab
     }
     // Editor actions beyond a plain deploy: disable and enable the tab, edit the shared connection,
     // move one publish node to a second connection (deployed as Modified Flows, as the editor does).
-    const deploy = async (type, edit) => {
-      const current = await (await fetch(`${base}/flows`, { headers: { 'Node-RED-API-Version': 'v2' } })).json();
-      const answer = await fetch(`${base}/flows`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Node-RED-API-Version': 'v2', 'Node-RED-Deployment-Type': type },
-        body: JSON.stringify({ flows: edit(current.flows), rev: current.rev }),
-      });
-      assert.ok(answer.ok, `deploy answered ${answer.status}`);
-    };
+    const deploy = (type, edit) => deployFlows(base, type, edit);
     const resumes = async (what) => {
       const before = { results: results().length, diverts: diverts().length };
       const started = Date.now();
@@ -116,7 +87,7 @@ test('results keep coming after full, flows, nodes and reload deploys, tab disab
     await sleep(1500);
     const killedAt = Date.now();
     proc.red.kill('SIGKILL');
-    await new Promise((resolve) => (proc.red.exitCode !== null || proc.red.signalCode ? resolve() : proc.red.once('exit', resolve)));
+    await proc.exited();
 
     broker = await startMosquitto({ port: broker.port });
     sub = await collect(broker.url, ['recycling/+/result']);
@@ -133,7 +104,7 @@ test('results keep coming after full, flows, nodes and reload deploys, tab disab
     assert.doesNotMatch(proc.log, /Unhandled|uncaught/i);
   } finally {
     proc.red.kill('SIGINT');
-    await new Promise((resolve) => (proc.red.exitCode !== null || proc.red.signalCode ? resolve() : proc.red.once('exit', resolve)));
+    await proc.exited();
     await sub.close().catch(() => undefined);
     await broker.close();
   }
