@@ -5,7 +5,7 @@ const fs = require('fs');
 const path = require('path');
 const { monitorEventLoopDelay } = require('perf_hooks');
 const { describeModel, readOnnxMetadataProps } = require('../nodes/lib/onnx-metadata');
-const { MODEL, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, nextMessage, sleep } = require('./helpers');
+const { MODEL, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, nextMessage, sleep, until } = require('./helpers');
 
 const helper = redHelper();
 const nodes = [node('ml-model'), node('ml-preprocess'), node('ml-inference'), coreNode('common/25-catch.js'), coreNode('common/24-complete.js')];
@@ -179,4 +179,77 @@ test('inference runs off the event loop: a large batch does not stall Node-RED',
   const maxStallMs = delay.max / 1e6;
   assert.ok(msg.inference.ms > 3 * maxStallMs,
     `the model ran ${msg.inference.ms.toFixed(0)} ms while the event loop stalled at most ${maxStallMs.toFixed(0)} ms`);
+});
+
+/** Real photos as model tensors, pre-processed once with the collection's own code. */
+async function photoTensors(count) {
+  const { imageToTensor } = require('../nodes/lib/preprocess');
+  const photos = validationPhotos(Math.ceil(count / 6)).slice(0, count);
+  return Promise.all(photos.map(async (p) => (await imageToTensor(fs.readFileSync(p.file), spec)).tensor));
+}
+
+test('20 cameras, one flooding at 10 frames/s: every frame of the 19 others gets through', async () => {
+  const flow = pipeline();
+  flow.push({ id: 'completed', type: 'complete', z: 'tab', scope: ['infer'], uncaught: false, wires: [['done-count']] });
+  flow.push({ id: 'done-count', type: 'helper', z: 'tab' });
+  await load(flow);
+  const [tensor] = await photoTensors(1);
+  const warm = nextMessage(helper.getNode('out'), 20_000);
+  helper.getNode('infer').receive({ payload: tensor, frame: { camera: 'warm-up', seq: 0 } });
+  await warm;
+
+  const results = [];
+  let completions = 0;
+  helper.getNode('out').on('input', (m) => results.push(m));
+  helper.getNode('done-count').on('input', () => completions++);
+  const slow = Array.from({ length: 19 }, (_, i) => `belt${i + 1}`);
+  const seconds = 3;
+  let sent = 0;
+  for (let second = 1; second <= seconds; second++) {
+    // The slow cameras tick together, as cameras deployed at the same moment do, and the flooding
+    // camera sends ten frames within the same second.
+    for (const camera of slow) helper.getNode('infer').receive({ payload: tensor, frame: { camera, seq: second } });
+    sent += slow.length;
+    for (let k = 0; k < 10; k++) {
+      helper.getNode('infer').receive({ payload: tensor, frame: { camera: 'flood', seq: second * 10 + k } });
+      sent++;
+      await sleep(5);
+    }
+    await sleep(1000);
+  }
+  await until(() => completions >= sent, 20_000, 'every message to complete');
+  for (const camera of slow) {
+    const seqs = results.filter((m) => m.frame.camera === camera).map((m) => m.frame.seq);
+    assert.deepEqual(seqs, [1, 2, 3], `${camera} got all its frames through`);
+  }
+  const flood = results.filter((m) => m.frame.camera === 'flood');
+  assert.ok(flood.length >= seconds, `the flooding camera got its newest frames through (${flood.length})`);
+  assert.ok(flood.some((m) => m.inference.dropped > 0), 'its own older frames were the ones dropped, counted on msg.inference');
+  assert.ok(results.some((m) => m.inference.batch > 1), 'frames waiting together ran as one batch');
+});
+
+test('batched and unbatched runs give the same labels and scores for the same frames', async () => {
+  const flow = pipeline({ inferenceExtra: { maxBatch: 8, queueSize: 16 } });
+  flow.push({ id: 'single', type: 'ml-inference', z: 'tab', model: 'model', topK: 3, policy: 'latest', queueSize: 16, maxBatch: 1, wires: [['single-out']] });
+  flow.push({ id: 'single-out', type: 'helper', z: 'tab' });
+  await load(flow);
+  const tensors = await photoTensors(16);
+  const run = async (nodeId, outId) => {
+    const got = [];
+    helper.getNode(outId).on('input', (m) => got.push(m));
+    for (const [i, payload] of tensors.entries()) helper.getNode(nodeId).receive({ payload, frame: { camera: 'belt1', seq: i } });
+    await until(() => got.length === tensors.length, 30_000, `${nodeId} results`);
+    return got.sort((a, b) => a.frame.seq - b.frame.seq);
+  };
+  const batched = await run('infer', 'out');
+  const single = await run('single', 'single-out');
+  assert.ok(batched.some((m) => m.inference.batch > 1), 'the burst ran in batches');
+  assert.ok(single.every((m) => m.inference.batch === 1));
+  batched.forEach((m, i) => {
+    assert.equal(m.payload.label, single[i].payload.label, `frame ${i}: same label`);
+    m.payload.topK.forEach((k, j) => {
+      assert.equal(k.label, single[i].payload.topK[j].label);
+      assert.ok(Math.abs(k.score - single[i].payload.topK[j].score) < 1e-5, `frame ${i}: same score (${k.score} vs ${single[i].payload.topK[j].score})`);
+    });
+  });
 });

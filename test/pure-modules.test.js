@@ -4,7 +4,8 @@ const assert = require('node:assert/strict');
 const fs = require('fs');
 const { softmax, isProbabilityVector, topK, classify } = require('../nodes/lib/classification');
 const { classifyBatch, checkInputFits } = require('../nodes/lib/model-io');
-const { FrameQueue } = require('../nodes/lib/frame-queue');
+const { FairQueue } = require('../nodes/lib/frame-queue');
+const { groupForBatches, stackRows, outputsOfRow, hasDynamicBatch } = require('../nodes/lib/batching');
 const { Router, validateRules } = require('../nodes/ml-route/routing');
 const { renderTopic, encodePayload } = require('../nodes/greengrass-publish/publish-format');
 const { checkTopic, checkOutgoing } = require('../nodes/greengrass-connection/outgoing');
@@ -62,17 +63,45 @@ test('toTensorValue accepts JSON round-trips and rejects images', () => {
   assert.throws(() => toTensorValue({ type: 'complex', dims: [1], data: [1] }), /tensor type must be one of/);
 });
 
-test('FrameQueue keeps the newest by default and drops the oldest', () => {
-  const q = new FrameQueue('latest', 1);
-  assert.equal(q.offer(1), undefined);
-  assert.equal(q.offer(2), 1);
-  assert.equal(q.offer(3), 2);
-  assert.equal(q.take(), 3);
-  const keepOld = new FrameQueue('oldest', 2);
-  keepOld.offer(1);
-  keepOld.offer(2);
-  assert.equal(keepOld.offer(3), 3);
+test('the frame queue keeps each camera\'s newest frame, never drops another camera\'s, and serves cameras in turn', () => {
+  const q = new FairQueue('latest', 1);
+  assert.equal(q.offer('a', 'a1'), undefined);
+  assert.equal(q.offer('a', 'a2'), 'a1', 'a newer frame of the same camera replaces the older');
+  assert.equal(q.offer('b', 'b1'), undefined, 'another camera\'s only frame stays');
+  assert.equal(q.offer('a', 'a3'), 'a2');
+  assert.equal(q.dropped('a'), 2);
+  assert.equal(q.dropped('b'), 0);
+  assert.deepEqual(q.take(8), ['a3', 'b1']);
+  // Round-robin: a flooding camera with a deep lane still lets every other camera through each round.
+  const deep = new FairQueue('latest', 10);
+  for (let i = 1; i <= 5; i++) deep.offer('flood', `f${i}`);
+  deep.offer('slow1', 's1');
+  deep.offer('slow2', 's2');
+  assert.deepEqual(deep.take(3), ['f1', 's1', 's2']);
+  assert.deepEqual(deep.take(2), ['f2', 'f3']);
+  const keepOld = new FairQueue('oldest', 2);
+  keepOld.offer('', 1);
+  keepOld.offer('', 2);
+  assert.equal(keepOld.offer('', 3), 3, 'keep the oldest: the new arrival is dropped');
   assert.deepEqual(keepOld.drain(), [1, 2]);
+  assert.throws(() => new FairQueue('latest', 0), /Expected a queue size per camera of at least 1 but received 0/);
+});
+
+test('batches: one-row tensors of one shape stack, outputs split back per row', () => {
+  const row = (v) => ({ type: 'float32', dims: [1, 2], data: Float32Array.from([v, v + 0.5]) });
+  const groups = groupForBatches([row(1), row(2), { type: 'float32', dims: [1, 3], data: new Float32Array(3) }, row(3)], (t) => t, 8);
+  assert.deepEqual(groups.map((g) => g.length), [2, 1, 1], 'a tensor of another shape starts a new run');
+  assert.deepEqual(groupForBatches([row(1), row(2), row(3)], (t) => t, 2).map((g) => g.length), [2, 1], 'at most max rows per run');
+  const stacked = stackRows([row(1), row(2)]);
+  assert.deepEqual(stacked.dims, [2, 2]);
+  assert.deepEqual(Array.from(stacked.data), [1, 1.5, 2, 2.5]);
+  const outputs = { logits: { type: 'float32', dims: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6]) }, shared: { type: 'float32', dims: [4], data: new Float32Array(4) } };
+  const second = outputsOfRow(outputs, 1, 2);
+  assert.deepEqual(second.logits.dims, [1, 3]);
+  assert.deepEqual(Array.from(second.logits.data), [4, 5, 6]);
+  assert.equal(second.shared, outputs.shared, 'an output without the batch dimension is shared');
+  assert.ok(hasDynamicBatch({ name: 'input', shape: ['batch', 3, 160, 120] }));
+  assert.ok(!hasDynamicBatch({ name: 'input', shape: [1, 3, 160, 120] }));
 });
 
 test('Router applies per-rule thresholds and sends the rest to uncertain', () => {

@@ -37,6 +37,10 @@ async function prepare(model: Uint8Array, options: SessionOptions): Promise<Work
   // 0 means "let onnxruntime choose" (one thread per core); onnxruntime rejects undefined.
   if (options.intraOpNumThreads > 0) sessionOptions.intraOpNumThreads = options.intraOpNumThreads;
   if (options.interOpNumThreads > 0) sessionOptions.interOpNumThreads = options.interOpNumThreads;
+  if (!options.allowSpinning) {
+    // Session config keys (onnxruntime_session_options_config_keys.h), passed through by the Node binding.
+    sessionOptions.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
+  }
   const created = await ort.InferenceSession.create(model, sessionOptions);
   const replaced = candidate;
   candidate = created;

@@ -3,6 +3,11 @@ export interface SessionOptions {
   executionProviders: string[];
   intraOpNumThreads: number;
   interOpNumThreads: number;
+  /**
+   * Let onnxruntime's threads busy-wait after a run for the next one. Off by default: at camera rates
+   * (a run every few hundred ms) spinning burns several times the CPU of the run itself.
+   */
+  allowSpinning?: boolean;
 }
 
 export interface ValueInfo {

@@ -1,16 +1,32 @@
-/** ml-inference: runs a tensor through the shared model (worker process) with a bounded frame policy. */
+/**
+ * ml-inference: runs tensors through the shared model (worker process). Frames wait in one lane per
+ * camera, served round-robin; frames waiting together run as one batch when the model allows it.
+ */
 import * as path from 'path';
-import { FrameQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
+import { groupForBatches, hasDynamicBatch, outputsOfRow, stackRows } from '../lib/batching';
+import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import { DoneFunction, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, SendFunction } from '../lib/red-types';
-import { checkFinite, toTensorValue } from '../lib/tensor';
-import type { MlModelNode } from '../ml-model/ml-model';
+import { checkFinite, TensorValue, toTensorValue } from '../lib/tensor';
+import type { ValueInfo } from '../lib/worker-protocol';
+import type { LoadedModel, MlModelNode } from '../ml-model/ml-model';
 
 interface Job {
   msg: NodeMessage;
   send: SendFunction;
   done: DoneFunction;
   arrived: number;
+  camera: string;
+}
+
+interface ReadyJob extends Job {
+  tensor: TensorValue;
+}
+
+/** The lane a message waits in: its camera, so one camera's frames never push out another's. */
+function cameraOf(msg: NodeMessage): string {
+  const frame = (msg as { frame?: { camera?: unknown } }).frame;
+  return frame && frame.camera !== undefined ? String(frame.camera) : '';
 }
 
 module.exports = function (RED: NodeAPI) {
@@ -21,18 +37,24 @@ module.exports = function (RED: NodeAPI) {
     const mode = config.output === 'raw' ? 'raw' : 'classification';
     const policy: QueuePolicy = config.policy === 'oldest' ? 'oldest' : 'latest';
     let topK = 3;
-    let capacity = 1;
-    try {
-      topK = numberSetting(config.topK, 3, { min: 1, max: 1000 });
-      capacity = numberSetting(config.queueSize, 1, { min: 1, max: 1000 });
-    } catch (err) {
-      node.warn(`settings: ${errorMessage(err)}; using defaults`);
+    let perCamera = 1;
+    let maxBatch = 8;
+    for (const [field, apply] of [
+      ['Top K', () => { topK = numberSetting(config.topK, 3, { min: 1, max: 1000 }); }],
+      ['Queue per camera', () => { perCamera = numberSetting(config.queueSize, 1, { min: 1, max: 1000 }); }],
+      ['Batch up to', () => { maxBatch = numberSetting(config.maxBatch, 8, { min: 1, max: 256 }); }],
+    ] as const) {
+      try {
+        apply();
+      } catch (err) {
+        node.warn(`${field}: ${errorMessage(err)}; using the default`);
+      }
     }
-    const queue = new FrameQueue<Job>(policy, capacity);
+    const queue = new FairQueue<Job>(policy, perCamera);
     const meter = new RateMeter();
     let busy = false;
-    let dropped = 0;
     let lastMs = 0;
+    let lastBatch = 1;
     let lastStatusAt = 0;
     let closing = false;
 
@@ -41,7 +63,9 @@ module.exports = function (RED: NodeAPI) {
       if (!force && now - lastStatusAt < 500) return; // status updates are not free at video rates
       lastStatusAt = now;
       const parts = [`${lastMs.toFixed(1)} ms`, `${meter.rate(now).toFixed(1)} fps`];
-      if (dropped) parts.push(`dropped ${dropped}`);
+      if (lastBatch > 1) parts.push(`batch ${lastBatch}`);
+      const dropped = queue.totalDropped;
+      if (dropped) parts.push(`dropped ${dropped}${queue.lanesWithDrops > 1 ? ` (${queue.lanesWithDrops} cameras)` : ''}`);
       node.status({ fill: 'green', shape: 'dot', text: parts.join(' · ') });
     }
 
@@ -61,57 +85,98 @@ module.exports = function (RED: NodeAPI) {
       onModelState(model.state, model.lastError);
     }
 
-    async function infer(job: Job) {
-      const started = Date.now();
-      if (!model) throw new Error('no ml-model config node is selected');
-      const loaded = await model.ready();
-      const tensor = toTensorValue(job.msg.payload);
-      checkFinite(tensor);
-      const input = loaded.inputs[0];
-      checkInputFits(tensor, input);
-      const result = await model.run({ [input.name]: tensor });
-      const outputName = loaded.outputs[0].name;
-      const output = result.outputs[outputName];
-      if (mode === 'raw') {
-        job.msg.payload = { outputs: plainOutputs(result.outputs) };
-      } else {
-        const rows = classifyBatch(output, loaded.classLabels, topK, outputName);
-        job.msg.payload = tensor.dims[0] === 1 ? rows[0] : rows;
+    /** Checks each tensor on its own, so one bad message fails alone. */
+    function prepare(job: Job, input: ValueInfo): ReadyJob | undefined {
+      try {
+        const tensor = toTensorValue(job.msg.payload);
+        checkFinite(tensor);
+        checkInputFits(tensor, input);
+        return { ...job, tensor };
+      } catch (err) {
+        fail(job, err);
+        return undefined;
       }
+    }
+
+    function fail(job: Job, err: unknown) {
+      node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
+      job.done(err instanceof Error ? err : new Error(String(err)));
+    }
+
+    /** One model run for the group; each frame gets its own row of the outputs. */
+    async function runGroup(group: ReadyJob[], loaded: LoadedModel) {
+      const started = Date.now();
+      const outputName = loaded.outputs[0].name;
+      const result = await model!.run({ [loaded.inputs[0].name]: stackRows(group.map((j) => j.tensor)) });
       lastMs = result.ms;
-      job.msg.inference = {
-        model: path.basename(loaded.path),
-        ms: Math.round(result.ms * 100) / 100,
-        queueMs: started - job.arrived,
-        totalMs: Date.now() - job.arrived,
-      };
+      lastBatch = group.length;
+      // Results are worked out for every frame before any is sent, so a batch that fails (a
+      // non-finite score) can be retried frame by frame without sending anything twice.
+      const payloads = group.map((job, row) => {
+        const outputs = outputsOfRow(result.outputs, row, group.length);
+        if (mode === 'raw') return { outputs: plainOutputs(outputs) };
+        const rows = classifyBatch(outputs[outputName], loaded.classLabels, topK, outputName);
+        return job.tensor.dims[0] === 1 ? rows[0] : rows;
+      });
+      group.forEach((job, i) => {
+        job.msg.payload = payloads[i];
+        job.msg.inference = {
+          model: path.basename(loaded.path),
+          ms: Math.round(result.ms * 100) / 100,
+          batch: group.length,
+          queueMs: started - job.arrived,
+          totalMs: Date.now() - job.arrived,
+          dropped: queue.dropped(job.camera),
+        };
+        meter.tick();
+        job.send(job.msg);
+        job.done();
+      });
+      showStatus();
+    }
+
+    async function serve(jobs: Job[]) {
+      let loaded: LoadedModel;
+      try {
+        if (!model) throw new Error('no ml-model config node is selected');
+        loaded = await model.ready();
+      } catch (err) {
+        jobs.forEach((job) => fail(job, err));
+        return;
+      }
+      const input = loaded.inputs[0];
+      const ready = jobs.map((job) => prepare(job, input)).filter((job): job is ReadyJob => job !== undefined);
+      const groups = hasDynamicBatch(input) ? groupForBatches(ready, (j) => j.tensor, maxBatch) : ready.map((j) => [j]);
+      for (const group of groups) {
+        try {
+          await runGroup(group, loaded);
+        } catch (err) {
+          if (group.length === 1) {
+            fail(group[0], err);
+            continue;
+          }
+          // Find the frame(s) at fault: the others still get their results.
+          for (const job of group) {
+            await runGroup([job], loaded).catch((e) => fail(job, e));
+          }
+        }
+      }
     }
 
     async function pump() {
       if (busy) return;
       busy = true;
       try {
-        for (let job = queue.take(); job && !closing; job = queue.take()) {
-          try {
-            await infer(job);
-            meter.tick();
-            showStatus();
-            job.send(job.msg);
-            job.done();
-          } catch (err) {
-            node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
-            job.done(err as Error);
-          }
-        }
+        while (!closing && queue.length) await serve(queue.take(maxBatch));
       } finally {
         busy = false;
       }
     }
 
     node.on('input', (msg, send, done) => {
-      const droppedJob = queue.offer({ msg, send, done, arrived: Date.now() });
+      const camera = cameraOf(msg);
+      const droppedJob = queue.offer(camera, { msg, send, done, arrived: Date.now(), camera });
       if (droppedJob) {
-        dropped++;
         showStatus(true);
         droppedJob.done(); // a deliberate drop under load is not an error
       }

@@ -39,6 +39,7 @@ module.exports = function (RED: NodeAPI) {
         executionProviders: [String(config.provider || 'cpu'), 'cpu'].filter((p, i, a) => a.indexOf(p) === i),
         intraOpNumThreads: numberSetting(config.intraOpThreads, 0, { min: 0, max: 256 }),
         interOpNumThreads: numberSetting(config.interOpThreads, 0, { min: 0, max: 256 }),
+        allowSpinning: config.spinThreads === true || config.spinThreads === 'true',
       };
     } catch (err) {
       session = { executionProviders: ['cpu'], intraOpNumThreads: 0, interOpNumThreads: 0 };
