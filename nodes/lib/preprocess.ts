@@ -1,11 +1,19 @@
 /** Image bytes -> model input tensor with sharp, following a PreprocessSpec exactly. */
+import * as os from 'os';
 import sharp from 'sharp';
+import { Limiter } from './limiter';
 import { PreprocessSpec, tensorDims } from './preprocess-spec';
 import { TensorValue } from './tensor';
 
 // Frames are decoded on libvips threads; one is plenty per frame and leaves cores for inference.
 sharp.concurrency(1);
 sharp.cache(false);
+
+/**
+ * At most one decode per core at a time, shared by every ml-preprocess node: with many cameras,
+ * more would only queue inside libuv's thread pool (slowing each frame) and hold more images in memory.
+ */
+const decodeSlots = new Limiter(Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
 
 export interface PreprocessResult {
   tensor: TensorValue;
@@ -42,7 +50,11 @@ export function pixelsToTensor(rgb: Uint8Array, width: number, height: number, s
 }
 
 /** Decodes, orients, crops, resizes and normalises one image. Throws a user-facing error on bad input. */
-export async function imageToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {
+export function imageToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {
+  return decodeSlots.run(() => decodeToTensor(image, spec));
+}
+
+async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {
   const started = performance.now();
   if (!Buffer.isBuffer(image) || image.length === 0) {
     throw new Error(`msg.payload must be an image Buffer (JPEG, PNG, WebP...), got ${describeValue(image)}`);

@@ -34,6 +34,7 @@ module.exports = function (RED: NodeAPI) {
       node.status({ fill: 'red', shape: 'ring', text: 'no model' });
     }
     if (model) model.register(node);
+    let lastStatusAt = 0;
 
     async function currentSpec(msg: NodeMessage): Promise<PreprocessSpec> {
       let spec: PreprocessSpec;
@@ -73,7 +74,12 @@ module.exports = function (RED: NodeAPI) {
           height: spec.height,
           roi: spec.roi,
         };
-        node.status({ fill: 'green', shape: 'dot', text: `${spec.width}x${spec.height} · ${Math.round(result.ms)} ms` });
+        const now = Date.now();
+        if (now - lastStatusAt >= 500) {
+          // At video rates and with many cameras a status per frame costs more than it tells.
+          lastStatusAt = now;
+          node.status({ fill: 'green', shape: 'dot', text: `${spec.width}x${spec.height} · ${Math.round(result.ms)} ms` });
+        }
         send(msg);
         done();
       } catch (err) {
