@@ -2,6 +2,7 @@
 // Benchmark of the shipped waste classifier on this machine: size on disk, single-image inference
 // latency with onnxruntime-node (the model card's figures), sharp pre-processing time, and the
 // ml-model worker pipeline's throughput and memory. Usage: npm run benchmark [-- --runs 500]
+// With --cameras it runs the sorter flow benchmark instead (tools/benchmark-flow.js).
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
@@ -92,7 +93,11 @@ async function main() {
   await runner.close();
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+if (args.includes('--cameras')) {
+  require('./benchmark-flow'); // the flow-level benchmark: npm run benchmark -- --cameras 1,10,50,100
+} else {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
