@@ -22,11 +22,13 @@ module.exports = function (RED: NodeAPI) {
     const policy: QueuePolicy = config.policy === 'oldest' ? 'oldest' : 'latest';
     let topK = 3;
     let capacity = 1;
+    /** Refused, not patched with defaults: a node that runs with other settings than shown misleads. */
+    let settingError: string | undefined;
     try {
-      topK = numberSetting(config.topK, 3, { min: 1, max: 1000 });
-      capacity = numberSetting(config.queueSize, 1, { min: 1, max: 1000 });
+      topK = numberSetting(config.topK, 3, { min: 1, max: 1000, name: 'topK' });
+      capacity = numberSetting(config.queueSize, 1, { min: 1, max: 1000, name: 'queueSize' });
     } catch (err) {
-      node.warn(`settings: ${errorMessage(err)}; using defaults`);
+      settingError = `inference not started: ${errorMessage(err)}`;
     }
     const queue = new FrameQueue<Job>(policy, capacity);
     const meter = new RateMeter();
@@ -52,7 +54,10 @@ module.exports = function (RED: NodeAPI) {
     }
     const onReloadFailed = () => node.status({ fill: 'yellow', shape: 'dot', text: 'new model rejected; previous one in use' });
 
-    if (!model) {
+    if (settingError) {
+      node.status({ fill: 'red', shape: 'ring', text: settingError.replace('inference not started: ', '').slice(0, 70) });
+      node.error(settingError);
+    } else if (!model) {
       node.status({ fill: 'red', shape: 'ring', text: 'no model selected' });
     } else {
       model.events.on('state', onModelState);
@@ -109,6 +114,7 @@ module.exports = function (RED: NodeAPI) {
     }
 
     node.on('input', (msg, send, done) => {
+      if (settingError) return done(new Error(settingError));
       const droppedJob = queue.offer({ msg, send, done, arrived: Date.now() });
       if (droppedJob) {
         dropped++;
@@ -121,7 +127,7 @@ module.exports = function (RED: NodeAPI) {
     node.on('close', (removed: boolean, done: () => void) => {
       closing = true;
       for (const job of queue.drain()) job.done();
-      if (!model) return done();
+      if (!model || settingError) return done(); // never registered
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);
       model.deregister(node, done, removed);
