@@ -113,6 +113,9 @@ test('ffmpeg errors are turned into what to fix', () => {
   const rtsp = { kind: 'rtsp', url: 'rtsp://u:p@cam/live' };
   assert.match(explainFfmpegError(['[rtsp @ 0x1] method DESCRIBE failed: 401 Unauthorized'], rtsp), /RTSP stream rtsp:\/\/cam\/live: the camera refused the user name or password/);
   assert.match(explainFfmpegError(['Connection to tcp://cam:554 failed: Connection refused'], rtsp), /connection refused/);
+  // A pointer in ffmpeg's "[tcp @ 0x...]" prefix that happens to hold 401 is not an HTTP status.
+  assert.match(explainFfmpegError(['[tcp @ 0x5604010c4c0] Connection to tcp://cam:554?timeout=0 failed: Connection refused', 'rtsp://cam/live: Connection refused'], rtsp),
+    /RTSP stream rtsp:\/\/cam\/live: connection refused: is the camera on/);
   const v4l2 = { kind: 'v4l2', url: '/dev/video0' };
   assert.match(explainFfmpegError(['[video4linux2] ioctl(VIDIOC_STREAMON): Device or resource busy'], v4l2), /device is busy/);
   assert.match(explainFfmpegError(['/dev/video9: No such file or directory'], v4l2), /no such device/);

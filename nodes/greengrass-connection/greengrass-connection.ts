@@ -84,7 +84,7 @@ module.exports = function (RED: NodeAPI) {
     let maxPayloadSetting: number | undefined;
     try {
       transportName = chooseTransport(textSetting(config.transport));
-      const maxKB = numberSetting(config.maxPayloadKB, 0, { min: 0, max: 262_144 });
+      const maxKB = numberSetting(config.maxPayloadKB, 0, { min: 0, max: 262_144, name: 'maxPayloadKB' });
       maxPayloadSetting = maxKB > 0 ? maxKB * 1024 : undefined;
       transport = transportName === 'ipc'
         ? new IpcTransport()
@@ -97,13 +97,13 @@ module.exports = function (RED: NodeAPI) {
           caFile: resolveFile(config.caFile),
           certFile: resolveFile(config.certFile),
           keyFile: resolveFile(config.keyFile),
-          keepAliveSeconds: numberSetting(config.keepalive, 30, { min: 1, max: 65535 }),
+          keepAliveSeconds: numberSetting(config.keepalive, 30, { min: 1, max: 65535, name: 'keepalive' }),
         });
       if (config.spool !== false && textSetting(config.spool) !== 'false') {
         const dir = resolveFile(config.spoolDir) ?? path.join(userDir, 'greengrass-spool', node.id.replace(/[^\w.-]/g, '_'));
         spool = new DiskSpool(dir, {
-          maxMessages: numberSetting(config.spoolMaxMessages, 100_000, { min: 1, max: 100_000_000 }),
-          maxBytes: numberSetting(config.spoolMaxMB, 100, { min: 0.01, max: 1_000_000 }) * 1024 * 1024,
+          maxMessages: numberSetting(config.spoolMaxMessages, 100_000, { min: 1, max: 100_000_000, name: 'spoolMaxMessages' }),
+          maxBytes: numberSetting(config.spoolMaxMB, 100, { min: 0.01, max: 1_000_000, name: 'spoolMaxMB' }) * 1024 * 1024,
         });
         spool.onWarning = (text) => node.warn(text);
       }

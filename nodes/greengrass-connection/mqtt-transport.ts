@@ -50,6 +50,7 @@ export function parseBrokerUrl(url: string): BrokerAddress {
   }
   if (u.username || u.password) throw new Error('put the broker user name and password in the connection credentials, not in the URL');
   const port = u.port ? Number(u.port) : tls ? 8883 : 1883;
+  if (!(port >= 1 && port <= 65535)) throw new Error(`broker URL "${url}" has port ${u.port}: expected a port from 1 to 65535`);
   const host = u.hostname.replace(/^\[|\]$/g, '');
   if (!host) throw new Error(`broker URL "${url}" has no host`);
   return { host, port, tls };

@@ -1,5 +1,5 @@
 /** greengrass-publish: sends msg.payload through a greengrass-connection (IPC or MQTT, spooled). */
-import { errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
+import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
 import type { DeadLetter, GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
 import { encodePayload, renderTopic, toAwsMlInferenceMessage } from './publish-format';
 
@@ -70,7 +70,11 @@ module.exports = function (RED: NodeAPI) {
       try {
         if (!connection) throw new Error('no greengrass-connection config node is selected');
         if (settingError) throw new Error(settingError);
-        const topic = renderTopic(template || String(msg.topic ?? ''), msg);
+        if (!template && msg.topic !== undefined && msg.topic !== null && typeof msg.topic !== 'string') {
+          // String() would publish an object to "[object Object]".
+          throw new Error(`Expected msg.topic to be a string but received ${describeReceived(msg.topic)}`);
+        }
+        const topic = renderTopic(template || (msg.topic ?? ''), msg);
         const body = awsFormat ? toAwsMlInferenceMessage(msg.payload, msg.frame) : msg.payload;
         const outcome = await connection.publish({
           topic, payload: encodePayload(body), qos, destination, allowReserved, publisher: node.id,

@@ -55,7 +55,7 @@ class ProtoReader {
 
 /** Returns the model's metadata_props as a plain object. Throws if the bytes are not a protobuf model. */
 export function readOnnxMetadataProps(model: Uint8Array): Record<string, string> {
-  if (model.length === 0) throw new Error('the model file is empty');
+  if (model.length === 0) throw new Error('empty (0 bytes), not an ONNX model');
   const decoder = new TextDecoder('utf-8', { fatal: false });
   const props: Record<string, string> = {};
   const reader = new ProtoReader(model);

@@ -105,7 +105,9 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
 }
 
 function undecodable(err: unknown): Error {
-  return new Error(`msg.payload is not a decodable image (${(err as Error).message}); expected JPEG, PNG or WebP bytes`);
+  // libvips repeats its warnings line by line ("premature end of JPEG image" five times): once each.
+  const reasons = [...new Set((err as Error).message.split('\n').map((l) => l.trim()).filter(Boolean))].join('; ');
+  return new Error(`msg.payload is not a decodable image (${reasons}); expected JPEG, PNG or WebP bytes`);
 }
 
 export function describeValue(value: unknown): string {

@@ -66,15 +66,30 @@ export function textSetting(value: unknown, env: NodeJS.ProcessEnv = process.env
   return /^\$\{[^}]+\}$/.test(text) ? '' : text;
 }
 
-/** Numbers from the editor arrive as strings, or unset ${ENV} references (see textSetting). */
-export function numberSetting(value: unknown, fallback: number, { min = -Infinity, max = Infinity } = {}): number {
+/**
+ * Numbers from the editor arrive as strings, or unset ${ENV} references (see textSetting). With
+ * `name` (the setting's property name) the error says which setting is wrong.
+ */
+export function numberSetting(value: unknown, fallback: number, { min = -Infinity, max = Infinity, name }: { min?: number; max?: number; name?: string } = {}): number {
   value = typeof value === 'string' ? textSetting(value) : value;
   if (value === undefined || value === null || value === '') return fallback;
   const n = Number(value);
   if (!Number.isFinite(n) || n < min || n > max) {
-    throw new Error(`expected a number between ${min} and ${max}, got ${JSON.stringify(value)}`);
+    throw new Error(name
+      ? `Expected ${name} to be a number from ${min} to ${max} but received ${JSON.stringify(value)}`
+      : `expected a number between ${min} and ${max}, got ${JSON.stringify(value)}`);
   }
   return n;
+}
+
+/** What a value is, for "but received ..." in error messages: null, an array, a string ("..."), number 42. */
+export function describeReceived(value: unknown): string {
+  if (value === null || value === undefined) return String(value);
+  if (Array.isArray(value)) return 'an array';
+  if (Buffer.isBuffer(value)) return `a Buffer of ${value.length} bytes`;
+  if (typeof value === 'string') return `a string (${JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value)})`;
+  if (typeof value === 'object') return 'an object';
+  return `${typeof value} ${String(value)}`;
 }
 
 export function errorMessage(err: unknown): string {

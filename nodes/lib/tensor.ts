@@ -65,7 +65,7 @@ export function describeTensor(t: { type?: unknown; dims?: unknown }): string {
  */
 export function toTensorValue(value: unknown): TensorValue {
   if (!value || typeof value !== 'object' || Buffer.isBuffer(value)) {
-    const got = Buffer.isBuffer(value) ? 'a Buffer (an image? pass it through ml-preprocess first)' : typeof value;
+    const got = Buffer.isBuffer(value) ? 'a Buffer (an image? pass it through ml-preprocess first)' : value === null ? 'null' : typeof value;
     throw new Error(`msg.payload must be a tensor {type, dims, data} from ml-preprocess, got ${got}`);
   }
   const v = value as Record<string, unknown>;

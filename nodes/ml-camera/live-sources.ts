@@ -42,6 +42,9 @@ export interface LiveOptions {
 /** Reconnect timings of the camera node (documented in its help and the README). */
 export const LIVE_TIMINGS = { minBackoffMs: 500, maxBackoffMs: 2500, refusedBackoffMs: 30_000, probeIntervalMs: 1000, killGraceMs: 2000 };
 
+/** Parts of an MJPEG stream in a row that are not JPEG before the stream counts as failed. */
+export const NON_JPEG_PARTS_IN_A_ROW = 3;
+
 /** The least time a new connection gets to deliver its first frame (see checkWatchdog). */
 export const FIRST_FRAME_TIMEOUT_MS = 10_000;
 
@@ -362,7 +365,16 @@ export class MjpegSource extends LiveSource {
         res.resume();
         return this.failed(generation, `${this.origin} is not an MJPEG stream (Content-Type ${res.headers['content-type'] ?? 'missing'}): for single images choose the snapshot source`);
       }
-      const parser = new MultipartJpegParser(boundary, (jpeg) => this.gotFrame(generation, jpeg, this.origin));
+      let skipped = 0;
+      const parser = new MultipartJpegParser(boundary, (jpeg) => {
+        skipped = 0;
+        this.gotFrame(generation, jpeg, this.origin);
+      }, undefined, (part) => {
+        // One odd part may be a hiccup; several in a row mean the camera sends something else than JPEG.
+        if (++skipped < NON_JPEG_PARTS_IN_A_ROW) return;
+        req.destroy();
+        this.failed(generation, `MJPEG stream ${this.origin}: ${skipped} parts in a row are not JPEG images (the last, of ${part.length} bytes, starts with ${part.subarray(0, 8).toString('hex') || 'nothing'}): set the camera to send MJPEG`);
+      });
       res.on('data', (chunk: Buffer) => {
         try {
           parser.push(chunk);
@@ -447,15 +459,23 @@ export function buildFfmpegArgs(input: FfmpegInput, scriptPath = '<script>'): Ff
   return { args, secretScript };
 }
 
+/**
+ * ffmpeg's lines without their "[tcp @ 0x55d3a401c4c0] " prefixes: a pointer such as 0x...401... must
+ * not read as HTTP 401 (a refused connection was reported as a refused password).
+ */
+function withoutContext(lines: string[]): string[] {
+  return lines.map((l) => l.replace(/^\[[^\]]*@ ?0x[0-9a-f]+\]\s*/i, ''));
+}
+
 /** Turns ffmpeg's last error lines into what the user should fix. */
 export function explainFfmpegError(lines: string[], input: Pick<FfmpegInput, 'kind' | 'url'>): string {
-  const text = lines.join('\n');
+  const text = withoutContext(lines).join('\n');
   const where = input.kind === 'rtsp' ? `RTSP stream ${redactUrl(input.url)}` : `camera ${input.url}`;
   const rules: [RegExp, string][] = [
     [/\b461\b|unsupported transport/i, 'the camera does not offer this RTSP transport (461): choose the other one (TCP or UDP)'],
-    [/401|unauthorized|authori[sz]ation failed/i, 'the camera refused the user name or password (401)'],
-    [/403|forbidden/i, 'access forbidden (403): check the account\'s rights on the camera'],
-    [/404|not found|stream not found/i, 'the stream path was not found (404): check the URL'],
+    [/\b401\b|unauthorized|authori[sz]ation failed/i, 'the camera refused the user name or password (401)'],
+    [/\b403\b|forbidden/i, 'access forbidden (403): check the account\'s rights on the camera'],
+    [/\b404\b|not found|stream not found/i, 'the stream path was not found (404): check the URL'],
     [/connection refused/i, 'connection refused: is the camera on and the address and port right?'],
     [/no route to host|network is unreachable|timed out|timeout/i, 'the camera is unreachable (timed out)'],
     [/device or resource busy/i, 'the device is busy: another program is using the camera'],
@@ -470,7 +490,7 @@ export function explainFfmpegError(lines: string[], input: Pick<FfmpegInput, 'ki
 
 /** Whether ffmpeg's error means the camera refused the credentials (retrying soon would not help). */
 function refusedByCamera(lines: string[]): boolean {
-  return /\b401\b|unauthorized|authori[sz]ation failed|\b403\b|forbidden/i.test(lines.join('\n'));
+  return /\b401\b|unauthorized|authori[sz]ation failed|\b403\b|forbidden/i.test(withoutContext(lines).join('\n'));
 }
 
 /**

@@ -2,7 +2,7 @@
 import sharp from 'sharp';
 import { RateMeter } from '../lib/frame-queue';
 import { ErrorThrottle, repeatSuffix } from '../lib/error-throttle';
-import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, textSetting } from '../lib/red-types';
+import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, textSetting } from '../lib/red-types';
 import { CameraTiming, namedNumberSetting, readCameraTiming } from './camera-settings';
 import { CaptureBusy, CaptureGuard } from './capture-guard';
 import { FfmpegSource, LIVE_TIMINGS, liveFps, LiveOptions, LiveSource, MjpegSource } from './live-sources';
@@ -206,6 +206,10 @@ module.exports = function (RED: NodeAPI) {
     }
 
     node.on('input', async (msg, send, done) => {
+      if (msg.command !== undefined && msg.command !== null && typeof msg.command !== 'string') {
+        // Taken as a plain trigger, {stop: true} would capture a frame instead of stopping.
+        return done(new Error(`Expected msg.command of start, stop or restart but received ${describeReceived(msg.command)}`));
+      }
       const command = typeof msg.command === 'string' ? msg.command : undefined;
       if (command === 'stop') {
         stopTimer();

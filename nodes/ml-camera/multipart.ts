@@ -11,7 +11,16 @@ export class MultipartJpegParser {
   private expectedLength: number | undefined;
   private inBody = false;
 
-  constructor(boundary: string, private readonly onPart: (jpeg: Buffer) => void, private readonly maxPartBytes = 16 * 1024 * 1024) {
+  /**
+   * @param onSkipped called with each part that is not a JPEG (it is not passed on): a camera that
+   *   sends only such parts must be reported, not wait silently for a frame that never comes
+   */
+  constructor(
+    boundary: string,
+    private readonly onPart: (jpeg: Buffer) => void,
+    private readonly maxPartBytes = 16 * 1024 * 1024,
+    private readonly onSkipped?: (part: Buffer) => void,
+  ) {
     this.delimiter = Buffer.from(`--${boundary.replace(/^--/, '')}`);
   }
 
@@ -57,6 +66,7 @@ export class MultipartJpegParser {
       this.inBody = false;
       // Copy so the frame does not pin the whole read buffer.
       if (body.length > 2 && body[0] === 0xff && body[1] === 0xd8) this.onPart(Buffer.from(body));
+      else this.onSkipped?.(body);
     }
   }
 }

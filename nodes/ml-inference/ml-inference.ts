@@ -39,16 +39,14 @@ module.exports = function (RED: NodeAPI) {
     let topK = 3;
     let perCamera = 1;
     let maxBatch = 8;
-    for (const [field, apply] of [
-      ['Top K', () => { topK = numberSetting(config.topK, 3, { min: 1, max: 1000 }); }],
-      ['Queue per camera', () => { perCamera = numberSetting(config.queueSize, 1, { min: 1, max: 1000 }); }],
-      ['Batch up to', () => { maxBatch = numberSetting(config.maxBatch, 8, { min: 1, max: 256 }); }],
-    ] as const) {
-      try {
-        apply();
-      } catch (err) {
-        node.warn(`${field}: ${errorMessage(err)}; using the default`);
-      }
+    /** Refused, not patched with defaults: a node that runs with other settings than shown misleads. */
+    let settingError: string | undefined;
+    try {
+      topK = numberSetting(config.topK, 3, { min: 1, max: 1000, name: 'topK' });
+      perCamera = numberSetting(config.queueSize, 1, { min: 1, max: 1000, name: 'queueSize' });
+      maxBatch = numberSetting(config.maxBatch, 8, { min: 1, max: 256, name: 'maxBatch' });
+    } catch (err) {
+      settingError = `inference not started: ${errorMessage(err)}`;
     }
     const queue = new FairQueue<Job>(policy, perCamera);
     const meter = new RateMeter();
@@ -76,7 +74,10 @@ module.exports = function (RED: NodeAPI) {
     }
     const onReloadFailed = () => node.status({ fill: 'yellow', shape: 'dot', text: 'new model rejected; previous one in use' });
 
-    if (!model) {
+    if (settingError) {
+      node.status({ fill: 'red', shape: 'ring', text: settingError.replace('inference not started: ', '').slice(0, 70) });
+      node.error(settingError);
+    } else if (!model) {
       node.status({ fill: 'red', shape: 'ring', text: 'no model selected' });
     } else {
       model.events.on('state', onModelState);
@@ -174,6 +175,7 @@ module.exports = function (RED: NodeAPI) {
     }
 
     node.on('input', (msg, send, done) => {
+      if (settingError) return done(new Error(settingError));
       const camera = cameraOf(msg);
       const droppedJob = queue.offer(camera, { msg, send, done, arrived: Date.now(), camera });
       if (droppedJob) {
@@ -186,7 +188,7 @@ module.exports = function (RED: NodeAPI) {
     node.on('close', (removed: boolean, done: () => void) => {
       closing = true;
       for (const job of queue.drain()) job.done();
-      if (!model) return done();
+      if (!model || settingError) return done(); // never registered
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);
       model.deregister(node, done, removed);

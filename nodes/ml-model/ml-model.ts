@@ -37,8 +37,8 @@ module.exports = function (RED: NodeAPI) {
     try {
       session = {
         executionProviders: [String(config.provider || 'cpu'), 'cpu'].filter((p, i, a) => a.indexOf(p) === i),
-        intraOpNumThreads: numberSetting(config.intraOpThreads, 0, { min: 0, max: 256 }),
-        interOpNumThreads: numberSetting(config.interOpThreads, 0, { min: 0, max: 256 }),
+        intraOpNumThreads: numberSetting(config.intraOpThreads, 0, { min: 0, max: 256, name: 'intraOpThreads' }),
+        interOpNumThreads: numberSetting(config.interOpThreads, 0, { min: 0, max: 256, name: 'interOpThreads' }),
         allowSpinning: config.spinThreads === true || config.spinThreads === 'true',
       };
     } catch (err) {
@@ -47,9 +47,9 @@ module.exports = function (RED: NodeAPI) {
     }
     let runTimeoutS = DEFAULT_RUN_TIMEOUT_S;
     try {
-      runTimeoutS = numberSetting(config.runTimeout, DEFAULT_RUN_TIMEOUT_S, { min: 0.001, max: 3600 });
+      runTimeoutS = numberSetting(config.runTimeout, DEFAULT_RUN_TIMEOUT_S, { min: 0.001, max: 3600, name: 'runTimeout' });
     } catch (err) {
-      node.warn(`Run timeout: ${errorMessage(err)} seconds; using ${DEFAULT_RUN_TIMEOUT_S} s`);
+      node.warn(`${errorMessage(err)} (seconds); using ${DEFAULT_RUN_TIMEOUT_S} s`);
     }
 
     const labelSource = String(config.labelSource || 'metadata');

@@ -31,7 +31,12 @@ export async function readLabelsFile(file: string): Promise<string[]> {
   }
   const trimmed = text.trim();
   if (trimmed.startsWith('[')) {
-    const parsed = JSON.parse(trimmed);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(trimmed);
+    } catch (err) {
+      throw new Error(`labels file ${file} is not valid JSON (${(err as Error).message}): expected a JSON array of strings, or one label per line`);
+    }
     if (!Array.isArray(parsed) || !parsed.every((l) => typeof l === 'string')) {
       throw new Error(`labels file ${file} must be a JSON array of strings`);
     }

@@ -1,14 +1,20 @@
 /** ml-route: one output per rule plus an "uncertain" output, on the prediction from ml-inference. */
-import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
+import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
 import { Router, validateRules } from './routing';
+
+const EXPECTED_PREDICTION = 'msg.payload must be a classification {label, score} from ml-inference';
 
 function predictionOf(msg: NodeMessage): { label: string; score: number } {
   const p = msg.payload as { label?: unknown; score?: unknown } | undefined;
-  if (!p || typeof p !== 'object' || typeof p.label !== 'string' || typeof p.score !== 'number') {
-    throw new Error('msg.payload must be a classification {label, score} from ml-inference');
-  }
+  if (!p || typeof p !== 'object' || Array.isArray(p) || Buffer.isBuffer(p)) throw new Error(`${EXPECTED_PREDICTION}, got ${describeReceived(p)}`);
+  if (typeof p.label !== 'string') throw new Error(`${EXPECTED_PREDICTION}: msg.payload.label is ${describeReceived(p.label)}`);
+  if (typeof p.score !== 'number') throw new Error(`${EXPECTED_PREDICTION}: msg.payload.score is ${describeReceived(p.score)}`);
+  // Thresholds are probabilities: a logit or a NaN would be routed by comparison alone, to any bin.
   if (!Number.isFinite(p.score)) {
     throw new Error(`msg.payload.score must be a finite number from 0 to 1, got ${p.score}; a model that outputs NaN or Infinity cannot be routed`);
+  }
+  if (p.score < 0 || p.score > 1) {
+    throw new Error(`msg.payload.score must be a finite number from 0 to 1, got ${p.score}; thresholds compare probabilities (is ml-inference set to raw output?)`);
   }
   return { label: p.label, score: p.score };
 }
@@ -21,9 +27,9 @@ module.exports = function (RED: NodeAPI) {
     let configError: string | undefined;
     try {
       router = new Router({
-        rules: validateRules(config.rules, numberSetting(config.defaultThreshold, 0.6, { min: 0, max: 1 })),
+        rules: validateRules(config.rules, numberSetting(config.defaultThreshold, 0.6, { min: 0, max: 1, name: 'defaultThreshold' })),
         uncertainName: String(config.uncertainName || 'review'),
-        consecutive: numberSetting(config.consecutive, 1, { min: 1, max: 100 }),
+        consecutive: numberSetting(config.consecutive, 1, { min: 1, max: 100, name: 'consecutive' }),
       });
     } catch (err) {
       configError = `invalid routing rules: ${errorMessage(err)}`;
