@@ -26,10 +26,14 @@ export const CAMERA_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const ID_RULE = 'letters, digits, _, - and . (starting with a letter or digit, at most 64 characters)';
 const FORMS = 'id=source entries separated by commas, or a JSON array [{"id": "...", "source": "..."}]';
 
-/** The entry as it may be shown: credentials in URLs removed, long text shortened. */
-function shown(text: string): string {
+/**
+ * The entry as it may be shown: credentials in URLs removed, long text shortened, in quotes
+ * unless it is JSON already.
+ */
+function shown(text: string, json = false): string {
   const redacted = text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^@/\s"]*@/gi, '$1');
-  return JSON.stringify(redacted.length > 120 ? `${redacted.slice(0, 117)}...` : redacted);
+  const short = redacted.length > 120 ? `${redacted.slice(0, 117)}...` : redacted;
+  return json ? short : JSON.stringify(short);
 }
 
 /** Why an id is refused, or undefined when it is fine. */
@@ -51,7 +55,7 @@ export function parseCameraList(value: string): CameraEntry[] {
   entries.forEach((entry, i) => {
     const first = seen.get(entry.id);
     if (first !== undefined) {
-      throw new Error(`cameras entry ${i + 1} (${shown(entry.text)}) repeats the id "${entry.id}" of entry ${first + 1}: every camera needs its own id`);
+      throw new Error(`cameras entry ${i + 1} (${shown(entry.text, entry.json)}) repeats the id "${entry.id}" of entry ${first + 1}: every camera needs its own id`);
     }
     seen.set(entry.id, i);
   });
@@ -61,13 +65,14 @@ export function parseCameraList(value: string): CameraEntry[] {
 interface ParsedEntry extends CameraEntry {
   /** The entry as written, for messages. */
   text: string;
+  json: boolean;
 }
 
-function checked(index: number, text: string, id: string, source: string): ParsedEntry {
+function checked(index: number, text: string, json: boolean, id: string, source: string): ParsedEntry {
   const problem = cameraIdProblem(id);
-  if (problem) throw new Error(`cameras entry ${index + 1} (${shown(text)}) ${problem}`);
-  if (!source) throw new Error(`cameras entry ${index + 1} (${shown(text)}) has no source: give a folder, an image file, a URL, rtsp://..., /dev/videoN, or "pattern" for the test pattern`);
-  return { id, source, text };
+  if (problem) throw new Error(`cameras entry ${index + 1} (${shown(text, json)}) ${problem}`);
+  if (!source) throw new Error(`cameras entry ${index + 1} (${shown(text, json)}) has no source: give a folder, an image file, a URL, rtsp://..., /dev/videoN, or "pattern" for the test pattern`);
+  return { id, source, text, json };
 }
 
 function fromPairs(text: string): ParsedEntry[] {
@@ -79,7 +84,7 @@ function fromPairs(text: string): ParsedEntry[] {
     if (!entry) throw new Error(`cameras entry ${i + 1} is empty: expected ${FORMS} (a stray comma?)`);
     const eq = entry.indexOf('=');
     if (eq < 0) throw new Error(`cameras entry ${i + 1} (${shown(entry)}) is not id=source: expected ${FORMS}`);
-    return checked(i, entry, entry.slice(0, eq).trim(), entry.slice(eq + 1).trim());
+    return checked(i, entry, false, entry.slice(0, eq).trim(), entry.slice(eq + 1).trim());
   });
 }
 
@@ -94,19 +99,19 @@ function fromJson(text: string): ParsedEntry[] {
   return list.map((item, i) => {
     const text = JSON.stringify(item) ?? String(item);
     if (typeof item !== 'object' || item === null || Array.isArray(item)) {
-      throw new Error(`cameras entry ${i + 1} (${shown(text)}) is not an object: expected {"id": "...", "source": "..."}`);
+      throw new Error(`cameras entry ${i + 1} (${shown(text, true)}) is not an object: expected {"id": "...", "source": "..."}`);
     }
     const record = item as Record<string, unknown>;
     const unknownKeys = Object.keys(record).filter((k) => k !== 'id' && k !== 'source');
     if (unknownKeys.length) {
-      throw new Error(`cameras entry ${i + 1} (${shown(text)}) has the unknown key${unknownKeys.length > 1 ? 's' : ''} ${unknownKeys.map((k) => JSON.stringify(k)).join(', ')}: expected only "id" and "source"`);
+      throw new Error(`cameras entry ${i + 1} (${shown(text, true)}) has the unknown key${unknownKeys.length > 1 ? 's' : ''} ${unknownKeys.map((k) => JSON.stringify(k)).join(', ')}: expected only "id" and "source"`);
     }
     for (const key of ['id', 'source']) {
       if (record[key] !== undefined && typeof record[key] !== 'string') {
-        throw new Error(`cameras entry ${i + 1} (${shown(text)}) has a ${key} that is not a string`);
+        throw new Error(`cameras entry ${i + 1} (${shown(text, true)}) has a ${key} that is not a string`);
       }
     }
-    return checked(i, text, String(record.id ?? '').trim(), String(record.source ?? '').trim());
+    return checked(i, text, true, String(record.id ?? '').trim(), String(record.source ?? '').trim());
   });
 }
 
