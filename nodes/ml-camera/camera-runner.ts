@@ -74,11 +74,14 @@ export class CameraRunner {
   private opening?: Promise<FrameSource>;
   private busyStatusAt = 0;
   private readonly where: string;
+  /** The end of the source, for the status: "photos/belt1", "cam/stream1". */
+  private readonly shortWhere: string;
 
   constructor(readonly id: string, readonly sourceSetting: string, private readonly settings: CameraSettings, private readonly host: CameraHost) {
     const { intervalMs, captureDeadlineMs } = settings.timing;
     this.guard = new CaptureGuard(captureDeadlineMs);
     this.where = sourceSetting ? redactUrl(sourceSetting) : 'the test pattern';
+    this.shortWhere = sourceSetting ? this.where.split('/').slice(-2).join('/') : 'test pattern';
     this.phaseMs = intervalMs > 0 ? phaseOffset(id, intervalMs) : 0;
     if (intervalMs > 0) this.schedule = new TickSchedule(intervalMs, this.phaseMs, () => this.onTick());
   }
@@ -309,11 +312,10 @@ export class CameraRunner {
   }
 
   private showStatus(src: FrameSource): void {
-    const shortWhere = this.sourceSetting ? redactUrl(this.sourceSetting).split('/').slice(-2).join('/') : 'test pattern';
     const parts = [`${this.meter.rate().toFixed(1)} fps`, `#${this.seq}`];
     if (src instanceof LiveSource) parts.unshift(src.state);
     if (this.guard.skippedTotal) parts.push(`skipped ${this.guard.skippedTotal}`);
-    this.host.status({ fill: 'green', shape: 'dot', text: `${shortWhere} · ${parts.join(' · ')}`.slice(0, 80) });
+    this.host.status({ fill: 'green', shape: 'dot', text: `${this.shortWhere} · ${parts.join(' · ')}`.slice(0, 80) });
   }
 
   /** A skipped tick is no fault, but a capture that blocks ticks must be visible (at most 4 updates a second). */
