@@ -82,6 +82,104 @@ async function checkEditor(base, flow) {
   }
 }
 
+/**
+ * What users come to the editor for, through the real UI: import the sorter flow from Import >
+ * Examples through the menu, drag each of the collection's nodes from the palette onto a new tab
+ * and wire them, deploy with the Deploy button, and see statuses change. A screenshot of each step
+ * goes to `shots` so that a failure can be seen.
+ */
+async function editorWorkflow(base, shots) {
+  const { chromium } = require('playwright-core');
+  fs.mkdirSync(shots, { recursive: true });
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking'] });
+  let step = 0;
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const shot = (name) => page.screenshot({ path: path.join(shots, `${String(++step).padStart(2, '0')}-${name}.png`) });
+  try {
+    await page.goto(base);
+    await page.waitForSelector('.red-ui-palette-node[data-palette-type="ml-camera"]', { timeout: 30_000 });
+    // First-run prompts a new user closes: update notifications, the welcome tour.
+    for (let i = 0; i < 20; i++) {
+      const notifications = page.getByText('No, do not enable notifications');
+      if (await notifications.isVisible()) await notifications.click();
+      const tour = page.locator('.red-ui-tourGuide-popover button:has(i.fa-times)');
+      if (await tour.isVisible()) await tour.click();
+      if (!(await page.locator('.red-ui-shade:visible, .red-ui-tourGuide-shade:visible').count()) && i > 3) break;
+      await page.waitForTimeout(250);
+    }
+    await shot('editor-open');
+
+    await page.click('#red-ui-header-button-sidemenu');
+    await page.click('#menu-item-import');
+    await page.click('#red-ui-tab-red-ui-clipboard-dialog-import-tab-examples a');
+    const examples = page.locator('#red-ui-clipboard-dialog-import-tab-examples');
+    await examples.getByText('node-red-contrib-greengrass-ml', { exact: true }).click();
+    await examples.getByText('recycling-sorter', { exact: true }).click();
+    await shot('import-example');
+    await page.click('#red-ui-clipboard-dialog-ok');
+    await page.waitForTimeout(500);
+    await shot('imported');
+    const imported = await page.evaluate(() => RED.nodes.filterNodes({ type: 'ml-inference' }).length);
+    assert.equal(imported, 1, 'the example flow was imported');
+
+    await page.click('#red-ui-header-button-sidemenu');
+    await page.hover('#menu-item-workspace');
+    await page.click('#menu-item-workspace-add');
+    await page.waitForTimeout(300);
+    const types = ['ml-camera', 'ml-preprocess', 'ml-inference', 'ml-route', 'greengrass-publish'];
+    const chart = await page.locator('#red-ui-workspace-chart').boundingBox();
+    for (const [i, type] of types.entries()) {
+      await page.locator(`.red-ui-palette-node[data-palette-type="${type}"]`).dragTo(page.locator('#red-ui-workspace-chart'), {
+        targetPosition: { x: 120 + i * 190, y: 120 + (i % 2) * 60 },
+      });
+      await page.waitForTimeout(200);
+    }
+    await shot('dragged');
+    const added = await page.evaluate((t) => t.map((type) => RED.nodes.filterNodes({ z: RED.workspaces.active(), type })[0]?.id), types);
+    assert.ok(added.every(Boolean), `every node type landed on the new tab: ${JSON.stringify(added)}`);
+    for (let i = 0; i < added.length - 1; i++) {
+      const from = await page.locator(`[id="${added[i]}"] .red-ui-flow-port-output .red-ui-flow-port`).first().boundingBox();
+      const to = await page.locator(`[id="${added[i + 1]}"] .red-ui-flow-port-input .red-ui-flow-port`).first().boundingBox();
+      await page.mouse.move(from.x + from.width / 2, from.y + from.height / 2);
+      await page.mouse.down();
+      await page.mouse.move((from.x + to.x) / 2, (from.y + to.y) / 2, { steps: 5 });
+      await page.mouse.move(to.x + to.width / 2, to.y + to.height / 2, { steps: 5 });
+      await page.mouse.up();
+    }
+    await shot('wired');
+    const wired = await page.evaluate((ids) => ids.slice(0, -1).map((id, i) => RED.nodes.filterLinks({ source: RED.nodes.node(id), target: RED.nodes.node(ids[i + 1]) }).length), added);
+    assert.deepEqual(wired, [1, 1, 1, 1], 'each node is wired to the next');
+
+    // Each new node's dialog, as a user opens it: pick the imported model and broker, then Done.
+    for (const id of added) {
+      await page.locator(`[id="${id}"] .red-ui-flow-node`).dblclick();
+      await page.waitForSelector('.red-ui-tray .red-ui-tray-body', { timeout: 10_000 });
+      await page.waitForTimeout(300);
+      for (const [select, label] of [['#node-input-model', 'waste classifier'], ['#node-input-connection', 'sorter broker']]) {
+        if (await page.locator(select).count()) await page.selectOption(select, { label });
+      }
+      await page.click('#node-dialog-ok');
+      await page.waitForTimeout(300);
+    }
+    await shot('configured');
+    const invalid = await page.evaluate(() => { const bad = []; RED.nodes.eachNode((n) => { if (!n.valid) bad.push(`${n.type} ${n.id} invalid: ${JSON.stringify(n.validationErrors)}`); }); RED.nodes.eachConfig((n) => { if (n.valid === false) bad.push(`${n.type} ${n.id}`); }); return bad; });
+    assert.deepEqual(invalid, [], 'no node of the imported flow or of the new tab is marked invalid');
+    await page.click('#red-ui-header-button-deploy');
+    await page.waitForTimeout(1000);
+    await shot('deployed');
+    // The dragged chain runs on the test pattern: the inference node reports its timing.
+    await page.waitForFunction((id) => /ms/.test(document.querySelector(`[id="${id}"] .red-ui-flow-node-status-label`)?.textContent ?? ''), added[2], { timeout: 60_000 });
+    await shot('statuses');
+    const statuses = await page.evaluate((ids) => ids.map((id) => document.querySelector(`[id="${id}"] .red-ui-flow-node-status-label`)?.textContent ?? ''), added);
+    return statuses;
+  } catch (err) {
+    await shot('failure').catch(() => undefined);
+    throw err;
+  } finally {
+    await browser.close();
+  }
+}
+
 /** The packed tarball, made once, and a fresh user directory with it installed as the palette manager does. */
 let packed;
 function packOnce() {
@@ -147,6 +245,9 @@ test('npm pack installs offline into a Node-RED user directory; every node type 
     const icon = await fetch(`${base}/icons/node-red-contrib-greengrass-ml/ml-camera.svg`);
     assert.equal(icon.status, 200);
 
+    const shots = path.join(ROOT, 'test', 'artifacts', 'editor-node-red-4');
+    const statuses = await editorWorkflow(base, shots);
+    console.log(`# Node-RED 4 editor workflow: statuses ${JSON.stringify(statuses)}; screenshots in ${path.relative(ROOT, shots)}`);
     const example = await fetch(`${base}/library/examples/flows/node-red-contrib-greengrass-ml/recycling-sorter`);
     assert.equal(example.status, 200, 'the sorter flow is under Import > Examples');
     const flow = await example.json();
@@ -196,6 +297,9 @@ test('Node-RED 5 on Node 24: the packed collection loads and the sorter flow pub
     const ours = nodeSets.filter((s) => s.module === 'node-red-contrib-greengrass-ml');
     assert.deepEqual(ours.flatMap((s) => s.types).sort(), [...TYPES].sort());
     for (const s of ours) assert.equal(s.err, undefined, `${s.name} loaded without error`);
+    const shots = path.join(ROOT, 'test', 'artifacts', 'editor-node-red-5');
+    const statuses = await editorWorkflow(base, shots);
+    console.log(`# Node-RED 5 editor workflow: statuses ${JSON.stringify(statuses)}; screenshots in ${path.relative(ROOT, shots)}`);
     const flow = await (await fetch(`${base}/library/examples/flows/node-red-contrib-greengrass-ml/recycling-sorter`)).json();
     const deploy = await fetch(`${base}/flows`, {
       method: 'POST',
@@ -207,6 +311,7 @@ test('Node-RED 5 on Node 24: the packed collection loads and the sorter flow pub
     const result = JSON.parse(results[0].payload);
     for (const field of ['id', 'camera', 'seq', 'capturedAt', 'label', 'score', 'topK', 'bin']) assert.ok(field in result, `result has ${field}`);
     assert.doesNotMatch(log, /Error loading|failed to register|Unhandled/i);
+    await checkEditor(base, flow);
     console.log(`# Node-RED ${nodeRedVersion} on Node ${version}: ${results.length} results`);
   } finally {
     red.kill('SIGINT');
