@@ -73,6 +73,9 @@ module.exports = function (RED: NodeAPI) {
           width: spec.width,
           height: spec.height,
           roi: spec.roi,
+          resize: spec.resize,
+          // Exactly which part of the frame went where in the input: ml-inference maps boxes back with it.
+          geometry: result.geometry,
         };
         const now = Date.now();
         if (now - lastStatusAt >= 500) {
