@@ -150,8 +150,8 @@ export function planDecoding(outputs: OutputShape[], layout: DetectionLayout | '
     return { layout: chosen, output: single.name };
   }
   let guess: DetectionLayout | undefined;
-  if (labelCount !== undefined && a - 4 === labelCount && a < b) guess = 'yolov8';
-  else if (labelCount !== undefined && b - 5 === labelCount && b < a) guess = 'yolov5';
+  if (labelCount !== undefined && a - 4 === labelCount && b - 5 !== labelCount) guess = 'yolov8';
+  else if (labelCount !== undefined && b - 5 === labelCount && a - 4 !== labelCount) guess = 'yolov5';
   else if (b === 6 && a <= 1000) guess = 'end2end';
   else if (a < b && a > 4) guess = 'yolov8';
   else if (b > 5) guess = 'yolov5';
