@@ -20,6 +20,7 @@ module.exports = function (RED: NodeAPI) {
         dialogSpec = validatePreprocessSpec({
           width: config.width, height: config.height, resize: config.resize, channels: config.channels,
           layout: config.layout, dtype: config.dtype, mean: config.mean, std: config.std, roi,
+          pad: config.resize === 'contain' ? config.pad : undefined,
         });
       } else if (roi) {
         dialogSpec = { roi } as PreprocessSpec; // only the region of interest comes from the dialog
