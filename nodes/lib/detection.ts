@@ -372,13 +372,14 @@ export function detect(input: DetectInput, settings: DetectionSettings, allowed?
     if (normalized) {
       candidates = candidates.map((c) => ({ ...c, x1: c.x1 * inputSize.width, x2: c.x2 * inputSize.width, y1: c.y1 * inputSize.height, y2: c.y2 * inputSize.height }));
     }
-    const detections: Detection[] = [];
-    for (const c of nonMaxSuppression(candidates, settings.iouThreshold, Number.POSITIVE_INFINITY)) {
-      if (detections.length >= settings.maxDetections) break;
-      const box = toFramePixels(c, geometry);
-      if (!box) continue; // wholly inside the letterbox bars
-      detections.push({ label: labels?.[c.index] ?? String(c.index), score: c.score, index: c.index, box });
-    }
+    // Boxes wholly inside the letterbox bars are no boxes; the rest go through NMS, at most max of them.
+    const placed = candidates.filter((c) => toFramePixels(c, geometry) !== undefined);
+    const detections: Detection[] = nonMaxSuppression(placed, settings.iouThreshold, settings.maxDetections).map((c) => ({
+      label: labels?.[c.index] ?? String(c.index),
+      score: c.score,
+      index: c.index,
+      box: toFramePixels(c, geometry)!,
+    }));
     results.push({ detections, count: detections.length });
   }
   return results;
