@@ -12,7 +12,7 @@ const { resizeGeometry, validatePreprocessSpec } = require('../nodes/lib/preproc
 const { imageToTensor } = require('../nodes/lib/preprocess');
 const { planDecoding, nonMaxSuppression, toFramePixels, resolveClassFilter, detect, toAnnotations, classColour, DEFAULT_DETECTION } = require('../nodes/lib/detection');
 const { overlayFor, overlaySvg, annotateImage } = require('../nodes/lib/annotate');
-const { node, coreNode, redHelper, loadFlow, nextMessage, until } = require('./helpers');
+const { ROOT, node, coreNode, redHelper, loadFlow, nextMessage, until, tmpDir } = require('./helpers');
 
 const FIXTURES = path.join(__dirname, 'fixtures', 'models');
 const LAYOUTS = ['yolov8', 'yolov5', 'end2end', 'ssd'];
@@ -360,5 +360,29 @@ describe('in a Node-RED runtime', () => {
     assert.deepEqual(Object.keys(msg.payload).sort(), ['label', 'score', 'topK']);
     assert.equal(msg.payload.label, 'c');
     assert.equal(msg.annotations, undefined);
+  });
+
+  test('the example flow detects on the test pattern and saves annotated frames', async () => {
+    const out = tmpDir('gg-ml-detect-');
+    const saved = { ...process.env };
+    Object.assign(process.env, { DETECT_MODEL: path.join(FIXTURES, 'detect-yolov8.onnx'), DETECT_OUTPUT_DIR: out });
+    delete process.env.DETECT_SOURCE;
+    try {
+      const flow = JSON.parse(fs.readFileSync(path.join(ROOT, 'flows', 'detection-demo.json'), 'utf8'));
+      const all = [...nodes, node('ml-camera'), coreNode('function/15-change.js'), coreNode('storage/10-file.js'), coreNode('common/21-debug.js'), coreNode('common/90-comment.js')];
+      flow.push({ id: 'demo-errors', type: 'helper', z: 'detect-tab' });
+      flow.find((n) => n.id === 'detect-catch').wires = [['detect-errors', 'demo-errors']];
+      await loadFlow(helper, all, flow);
+      const errors = [];
+      helper.getNode('demo-errors').on('input', (m) => errors.push(m.error.message));
+      const file = path.join(out, 'cam1-latest.jpg');
+      await until(() => fs.existsSync(file) && fs.statSync(file).size > 0, 20_000, 'an annotated frame on disk');
+      await new Promise((r) => setTimeout(r, 200)); // let the write finish
+      const meta = await sharp(fs.readFileSync(file)).metadata();
+      assert.deepEqual([meta.format, meta.width, meta.height], ['jpeg', 640, 480]);
+      assert.deepEqual(errors, []);
+    } finally {
+      process.env = saved;
+    }
   });
 });
