@@ -52,6 +52,30 @@ async function checkEditor(base, flow) {
       await page.evaluate(() => $('.red-ui-tray').last().find('.red-ui-tray-header button.primary').trigger('click'));
       await page.waitForTimeout(400);
     }
+    // The camera dialog shows only the fields of the source it detects, and says what it detected.
+    await page.evaluate(() => RED.editor.edit(RED.nodes.node('camera')));
+    await page.waitForSelector('#node-input-source', { state: 'visible', timeout: 10_000 });
+    const fieldsFor = (value) => page.evaluate((v) => {
+      $('#node-input-cameras').val('').trigger('input');
+      $('#node-input-sourceType').val('auto').trigger('change');
+      $('#node-input-source').val(v).trigger('input');
+      const shown = (cls) => $(cls).is(':visible');
+      return { folder: shown('.ml-cam-folder'), url: shown('.ml-cam-url'), live: shown('.ml-cam-live'), rtsp: shown('.ml-cam-rtsp'), v4l2: shown('.ml-cam-v4l2'), pattern: shown('.ml-cam-pattern'), tip: $('#ml-cam-detected').text() };
+    }, value);
+    assert.deepEqual(await fieldsFor('rtsp://10.0.0.21/stream1'), { folder: false, url: true, live: true, rtsp: true, v4l2: false, pattern: false, tip: 'detected: RTSP stream' });
+    assert.deepEqual(await fieldsFor('/dev/video0'), { folder: false, url: false, live: true, rtsp: false, v4l2: true, pattern: false, tip: 'detected: USB / V4L2 camera' });
+    assert.deepEqual(await fieldsFor('/data/photos'), { folder: true, url: false, live: false, rtsp: false, v4l2: false, pattern: false, tip: 'detected: folder of images' });
+    assert.deepEqual(await fieldsFor(''), { folder: false, url: false, live: false, rtsp: false, v4l2: false, pattern: true, tip: 'detected: test pattern' });
+    const unknown = await fieldsFor('${SORTER_SOURCE}');
+    assert.ok(unknown.folder && unknown.rtsp && unknown.v4l2 && unknown.pattern, 'with an environment variable every field stays');
+    const mismatch = await page.evaluate(() => {
+      $('#node-input-sourceType').val('rtsp').trigger('change');
+      $('#node-input-source').val('/data/photos').trigger('input');
+      return $('#ml-cam-detected').text();
+    });
+    assert.equal(mismatch, 'this does not look like a RTSP stream');
+    await page.evaluate(() => $('.red-ui-tray').last().find('.red-ui-tray-header button').not('.primary').first().trigger('click'));
+    await page.waitForTimeout(300);
     assert.deepEqual(errors, [], 'the editor dialogs run without script errors');
   } finally {
     await browser.close();

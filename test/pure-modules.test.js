@@ -203,3 +203,18 @@ test('settings take ${NAME:-default}: the variable when set and not empty, else 
   assert.equal(textSetting('plain'), 'plain');
   assert.equal(numberSetting('${GG_ML_TEST_UNSET_VARIABLE:-7}', 0), 7);
 });
+
+test('the decode limiter runs at most its slots at once and lets a camera\'s newer frame replace its waiting one', async () => {
+  const { Limiter, SupersededError } = require('../nodes/lib/limiter');
+  const limiter = new Limiter(1);
+  const order = [];
+  let release;
+  const first = limiter.run(() => new Promise((r) => { release = r; order.push('a1'); }), 'a');
+  const older = limiter.run(async () => order.push('b1'), 'b');
+  const newer = limiter.run(async () => order.push('b2'), 'b');
+  const anonymous = [limiter.run(async () => order.push('x1')), limiter.run(async () => order.push('x2'))];
+  await assert.rejects(older, (err) => err instanceof SupersededError && /a newer frame of b replaced this one/.test(err.message));
+  release();
+  await Promise.all([first, newer, ...anonymous]);
+  assert.deepEqual(order, ['a1', 'b2', 'x1', 'x2'], 'one at a time, in arrival order; frames without a camera are never skipped');
+});

@@ -51,6 +51,18 @@ async function startBroker(port) {
   return { close: () => new Promise((resolve) => server.close(() => broker.close(resolve))) };
 }
 
+/** What the camera node will capture from, without credentials. */
+function cameras(env) {
+  const { parseCameraList, describeCameras } = require(path.join(root, 'nodes', 'ml-camera', 'camera-list.js'));
+  const { redactUrl } = require(path.join(root, 'nodes', 'ml-camera', 'sources.js'));
+  if (!(env.SORTER_CAMERAS || '').trim()) return `source: ${env.SORTER_SOURCE ? redactUrl(env.SORTER_SOURCE) : 'test pattern'}`;
+  try {
+    return `cameras: ${describeCameras(parseCameraList(env.SORTER_CAMERAS))}`;
+  } catch (err) {
+    return `SORTER_CAMERAS is refused: ${err.message}`; // the camera node says so too, and stays stopped
+  }
+}
+
 async function main() {
   prepareUserDir();
   const env = { ...process.env };
@@ -62,7 +74,7 @@ async function main() {
     env.MQTT_PROTOCOL = env.MQTT_PROTOCOL || '3.1.1'; // the embedded broker (aedes) speaks MQTT 3.1.1
   }
   if (!env.SORTER_REVIEW_DIR) env.SORTER_REVIEW_DIR = path.join(userDir, 'review');
-  console.log(`[sorter] source: ${env.SORTER_SOURCE || 'test pattern'}; editor: http://localhost:${settings.uiPort}`);
+  console.log(`[sorter] ${cameras(env)}; editor: http://localhost:${settings.uiPort}`);
   const red = spawn(process.execPath, [require.resolve('node-red/red.js'), '--settings', path.join(__dirname, 'sorter-settings.js')], {
     env,
     stdio: 'inherit',

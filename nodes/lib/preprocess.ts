@@ -51,9 +51,12 @@ export function pixelsToTensor(rgb: Uint8Array, width: number, height: number, s
   return { type: spec.dtype, dims, data };
 }
 
-/** Decodes, orients, crops, resizes and normalises one image. Throws a user-facing error on bad input. */
-export function imageToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {
-  return decodeSlots.run(() => decodeToTensor(image, spec));
+/**
+ * Decodes, orients, crops, resizes and normalises one image. Throws a user-facing error on bad input.
+ */
+export function imageToTensor(image: Buffer, spec: PreprocessSpec, camera?: string): Promise<PreprocessResult> {
+  // With a camera named, a newer frame of it replaces its frame still waiting (SupersededError).
+  return decodeSlots.run(() => decodeToTensor(image, spec), camera);
 }
 
 async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {

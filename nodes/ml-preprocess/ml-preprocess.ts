@@ -1,4 +1,5 @@
 /** ml-preprocess: image Buffer -> model input tensor (sharp), settings from the model or the dialog. */
+import { SupersededError } from '../lib/limiter';
 import { imageToTensor } from '../lib/preprocess';
 import { PreprocessSpec, validatePreprocessSpec, validateRoi } from '../lib/preprocess-spec';
 import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage } from '../lib/red-types';
@@ -36,6 +37,7 @@ module.exports = function (RED: NodeAPI) {
     }
     if (model) model.register(node);
     let lastStatusAt = 0;
+    let superseded = 0;
 
     async function currentSpec(msg: NodeMessage): Promise<PreprocessSpec> {
       let spec: PreprocessSpec;
@@ -64,7 +66,8 @@ module.exports = function (RED: NodeAPI) {
       try {
         const spec = await currentSpec(msg);
         const image = msg.payload as Buffer;
-        const result = await imageToTensor(image, spec);
+        const camera = (msg as { frame?: { camera?: unknown } }).frame?.camera;
+        const result = await imageToTensor(image, spec, camera === undefined ? undefined : String(camera));
         msg.image = image; // the original frame travels on for saving or display
         msg.payload = result.tensor;
         msg.preprocess = {
@@ -87,6 +90,12 @@ module.exports = function (RED: NodeAPI) {
         send(msg);
         done();
       } catch (err) {
+        if (err instanceof SupersededError) {
+          // Overloaded: this camera's newer frame goes instead (a deliberate drop, as in ml-inference).
+          superseded++;
+          node.status({ fill: 'yellow', shape: 'dot', text: `overloaded: ${superseded} older frames skipped` });
+          return done();
+        }
         node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
         done(err as Error);
       }
