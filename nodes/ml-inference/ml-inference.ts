@@ -99,6 +99,8 @@ module.exports = function (RED: NodeAPI) {
     let busy = false;
     let lastMs = 0;
     let lastBatch = 1;
+    /** Objects found in the last frame, when detecting. */
+    let lastObjects: number | undefined;
     let lastStatusAt = 0;
     let closing = false;
 
@@ -107,6 +109,7 @@ module.exports = function (RED: NodeAPI) {
       if (!force && now - lastStatusAt < 500) return; // status updates are not free at video rates
       lastStatusAt = now;
       const parts = [`${lastMs.toFixed(1)} ms`, `${meter.rate(now).toFixed(1)} fps`];
+      if (lastObjects !== undefined) parts.unshift(`${lastObjects} object${lastObjects === 1 ? '' : 's'}`);
       if (lastBatch > 1) parts.push(`batch ${lastBatch}`);
       const dropped = queue.totalDropped;
       if (dropped) parts.push(`dropped ${dropped}${queue.lanesWithDrops > 1 ? ` (${queue.lanesWithDrops} cameras)` : ''}`);
@@ -189,6 +192,7 @@ module.exports = function (RED: NodeAPI) {
         const rows = detect({
           outputs, plan, inputSize: inputSizeOf(job.msg, job.tensor.dims), geometry: geometryOf(job.msg), labels: loaded.classLabels, meta: loaded.detection,
         }, detection, allowed);
+        lastObjects = rows[rows.length - 1].count;
         return job.tensor.dims[0] === 1
           ? { payload: rows[0], annotations: toAnnotations(rows[0].detections) }
           : { payload: rows, annotations: rows.map((r) => toAnnotations(r.detections)) };
