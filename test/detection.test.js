@@ -299,6 +299,18 @@ describe('in a Node-RED runtime', () => {
     assert.ok(redPixels > 2 * (person.w + person.h), `the whole outline is drawn (${redPixels} red pixels)`);
   });
 
+  test('a frame with EXIF orientation gets boxes and drawing in its upright pixels', async () => {
+    await loadFlow(helper, nodes, pipeline('end2end'));
+    // Stored 200 x 320, orientation 6 (turn 90 degrees clockwise to view): upright it is 320 x 200.
+    const stored = await sharp({ create: { width: 200, height: 320, channels: 3, background: { r: 32, g: 32, b: 32 } } }).jpeg().withMetadata({ orientation: 6 }).toBuffer();
+    const msg = await run({ payload: stored });
+    assert.deepEqual([msg.preprocess.sourceWidth, msg.preprocess.sourceHeight], [320, 200]);
+    assertDetections(msg.payload, 'whole', 'EXIF-oriented frame');
+    const { info, at } = await pixels(msg.annotated);
+    assert.deepEqual([info.width, info.height], [320, 200]);
+    assert.ok(distance(at(80, 97), hex(classColour(0))) < 40, `left edge of the person box ${at(80, 97)}`);
+  });
+
   test('threshold, class filter and maximum count are applied', async () => {
     await loadFlow(helper, nodes, pipeline('yolov5', { inferenceExtra: { output: 'detection', scoreThreshold: '0.75' } }));
     assert.deepEqual((await run({ payload: await frame(320, 200) })).payload.detections.map((d) => d.score.toFixed(2)), ['0.90', '0.80']);
