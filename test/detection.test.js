@@ -311,6 +311,23 @@ describe('in a Node-RED runtime', () => {
     assert.ok(distance(at(80, 97), hex(classColour(0))) < 40, `left edge of the person box ${at(80, 97)}`);
   });
 
+  test('with cover from the dialog, boxes come back through the centre crop', async () => {
+    const flow = pipeline('yolov8');
+    Object.assign(flow.find((n) => n.id === 'pre'), {
+      settingsFrom: 'dialog', width: 64, height: 64, resize: 'cover', channels: 'RGB', layout: 'NCHW', dtype: 'float32', mean: '0,0,0', std: '255,255,255',
+    });
+    await loadFlow(helper, nodes, flow);
+    const msg = await run({ payload: await frame(320, 200) });
+    // 320 x 200 covered to 64 x 64: x 60..259 is kept and scaled by 64 / 200: frame = (60 + x * 3.125, y * 3.125).
+    assert.deepEqual(msg.preprocess.geometry, { source: { x: 60, y: 0, width: 200, height: 200 }, target: { x: 0, y: 0, width: 64, height: 64 } });
+    const expected = { person: { x: 110, y: 65, w: 100, h: 67 }, car: { x: 73, y: 125, w: 50, h: 38 } };
+    for (const [i, label] of [[0, 'person'], [1, 'car']]) {
+      const d = msg.payload.detections[i];
+      assert.equal(d.label, label);
+      for (const k of ['x', 'y', 'w', 'h']) assert.ok(Math.abs(d.box[k] - expected[label][k]) <= 1, `${label} box.${k} is ${d.box[k]}, expected ${expected[label][k]}`);
+    }
+  });
+
   test('threshold, class filter and maximum count are applied', async () => {
     await loadFlow(helper, nodes, pipeline('yolov5', { inferenceExtra: { output: 'detection', scoreThreshold: '0.75' } }));
     assert.deepEqual((await run({ payload: await frame(320, 200) })).payload.detections.map((d) => d.score.toFixed(2)), ['0.90', '0.80']);
