@@ -23,6 +23,30 @@ export interface PreprocessSpec {
   mean: [number, number, number];
   std: [number, number, number];
   roi?: RegionOfInterest;
+  /**
+   * Colour of the letterbox bars for `contain`, 0..255 per channel (Ultralytics models expect grey
+   * 114). Unset: the mean colour, so the bars normalise to zero.
+   */
+  pad?: [number, number, number];
+}
+
+/** A rectangle in pixels. */
+export interface Rect {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/**
+ * Exactly where the model input came from: the part of the (upright) frame that was used, after the
+ * ROI and any `cover` crop (`source`, frame pixels), and where it landed in the model input after
+ * resizing (`target`, model input pixels; smaller than the input when `contain` added bars).
+ * A point maps back as  frameX = source.x + (inputX - target.x) * source.width / target.width.
+ */
+export interface ResizeGeometry {
+  source: Rect;
+  target: Rect;
 }
 
 export const DEFAULT_SPEC: PreprocessSpec = {
@@ -95,10 +119,57 @@ export function validatePreprocessSpec(raw: unknown): PreprocessSpec {
   };
   const roi = validateRoi(r.roi);
   if (roi) spec.roi = roi;
+  if (r.pad !== undefined && r.pad !== null && r.pad !== '') {
+    const pad = triple('pad', r.pad, [0, 0, 0], false);
+    if (pad.some((v) => v < 0 || v > 255)) throw new Error(`"pad" must be a colour of three values from 0 to 255 (R, G, B), got ${JSON.stringify(r.pad)}`);
+    spec.pad = pad.map(Math.round) as [number, number, number];
+  }
   return spec;
 }
 
 /** The tensor dimensions a spec produces for a batch of one. */
 export function tensorDims(spec: PreprocessSpec): number[] {
   return spec.layout === 'NCHW' ? [1, 3, spec.height, spec.width] : [1, spec.height, spec.width, 3];
+}
+
+/** The region of interest in frame pixels (the whole frame without one). */
+export function roiRect(sourceWidth: number, sourceHeight: number, roi: RegionOfInterest | undefined): Rect {
+  if (!roi) return { x: 0, y: 0, width: sourceWidth, height: sourceHeight };
+  const x = Math.min(sourceWidth - 1, Math.round(roi.x * sourceWidth));
+  const y = Math.min(sourceHeight - 1, Math.round(roi.y * sourceHeight));
+  const width = Math.max(1, Math.min(sourceWidth - x, Math.round(roi.width * sourceWidth)));
+  const height = Math.max(1, Math.min(sourceHeight - y, Math.round(roi.height * sourceHeight)));
+  return { x, y, width, height };
+}
+
+/**
+ * Pure maths of the resize, done explicitly (not left to sharp's own cover/contain rounding) so
+ * boxes can be mapped back exactly:
+ * - fill: the region is stretched to the input;
+ * - contain (letterbox): scaled by min(W/w, H/h), rounded to whole pixels and centred, bars
+ *   around it (left/top bar = floor of half the spare pixels, as Ultralytics' LetterBox does);
+ * - cover: the centred part of the region with the input's aspect ratio is cut out, then scaled.
+ */
+export function resizeGeometry(sourceWidth: number, sourceHeight: number, spec: Pick<PreprocessSpec, 'width' | 'height' | 'resize' | 'roi'>): ResizeGeometry {
+  const region = roiRect(sourceWidth, sourceHeight, spec.roi);
+  const full = { x: 0, y: 0, width: spec.width, height: spec.height };
+  if (spec.resize === 'contain') {
+    const scale = Math.min(spec.width / region.width, spec.height / region.height);
+    const width = Math.max(1, Math.min(spec.width, Math.round(region.width * scale)));
+    const height = Math.max(1, Math.min(spec.height, Math.round(region.height * scale)));
+    return { source: region, target: { x: Math.floor((spec.width - width) / 2), y: Math.floor((spec.height - height) / 2), width, height } };
+  }
+  if (spec.resize === 'cover') {
+    const scale = Math.max(spec.width / region.width, spec.height / region.height);
+    const width = Math.max(1, Math.min(region.width, Math.round(spec.width / scale)));
+    const height = Math.max(1, Math.min(region.height, Math.round(spec.height / scale)));
+    const source = {
+      x: region.x + Math.floor((region.width - width + 1) / 2),
+      y: region.y + Math.floor((region.height - height + 1) / 2),
+      width,
+      height,
+    };
+    return { source, target: full };
+  }
+  return { source: region, target: full };
 }

@@ -2,7 +2,7 @@
 import * as os from 'os';
 import sharp from 'sharp';
 import { Limiter } from './limiter';
-import { PreprocessSpec, tensorDims } from './preprocess-spec';
+import { PreprocessSpec, ResizeGeometry, resizeGeometry, tensorDims } from './preprocess-spec';
 import { TensorValue } from './tensor';
 
 // Frames are decoded on libvips threads; one is plenty per frame and leaves cores for inference.
@@ -19,6 +19,8 @@ export interface PreprocessResult {
   tensor: TensorValue;
   sourceWidth: number;
   sourceHeight: number;
+  /** Where the input came from in the frame, to map model coordinates (boxes) back. */
+  geometry: ResizeGeometry;
   ms: number;
 }
 
@@ -76,19 +78,26 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
   } catch (err) {
     throw undecodable(err);
   }
-  if (spec.roi) {
-    const left = Math.round(spec.roi.x * sourceWidth);
-    const top = Math.round(spec.roi.y * sourceHeight);
-    const width = Math.max(1, Math.min(sourceWidth - left, Math.round(spec.roi.width * sourceWidth)));
-    const height = Math.max(1, Math.min(sourceHeight - top, Math.round(spec.roi.height * sourceHeight)));
-    pipeline = pipeline.extract({ left, top, width, height });
+  // The crop, scale and bars are worked out here rather than by sharp's fit modes, so that
+  // msg.preprocess can say exactly where each model pixel came from.
+  const geometry = resizeGeometry(sourceWidth, sourceHeight, spec);
+  const { source, target } = geometry;
+  if (source.x !== 0 || source.y !== 0 || source.width !== sourceWidth || source.height !== sourceHeight) {
+    pipeline = pipeline.extract({ left: source.x, top: source.y, width: source.width, height: source.height });
   }
-  // Letterbox padding is the mean colour so it normalises to zero, the least surprising input.
-  const [r, g, b] = spec.mean.map((v) => Math.max(0, Math.min(255, Math.round(spec.dtype === 'float32' ? v : 0))));
-  pipeline = pipeline
-    .resize(spec.width, spec.height, { fit: spec.resize, background: { r, g, b, alpha: 1 } })
-    .removeAlpha()
-    .toColourspace('srgb');
+  pipeline = pipeline.resize(target.width, target.height, { fit: 'fill' });
+  if (target.width !== spec.width || target.height !== spec.height) {
+    // Letterbox bars: the `pad` colour, else the mean colour so they normalise to zero.
+    const [r, g, b] = spec.pad ?? spec.mean.map((v) => Math.max(0, Math.min(255, Math.round(spec.dtype === 'float32' ? v : 0))));
+    pipeline = pipeline.extend({
+      left: target.x,
+      top: target.y,
+      right: spec.width - target.x - target.width,
+      bottom: spec.height - target.y - target.height,
+      background: { r, g, b, alpha: 1 },
+    });
+  }
+  pipeline = pipeline.removeAlpha().toColourspace('srgb');
   let pixels: Buffer;
   let info: sharp.OutputInfo;
   try {
@@ -104,7 +113,7 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
     pixels = rgb;
   }
   const tensor = pixelsToTensor(pixels, info.width, info.height, spec);
-  return { tensor, sourceWidth, sourceHeight, ms: performance.now() - started };
+  return { tensor, sourceWidth, sourceHeight, geometry, ms: performance.now() - started };
 }
 
 function undecodable(err: unknown): Error {

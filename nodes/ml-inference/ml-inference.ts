@@ -5,8 +5,11 @@
 import * as path from 'path';
 import { groupForBatches, hasDynamicBatch, outputsOfRow, stackRows } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
+import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
-import { DoneFunction, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, SendFunction } from '../lib/red-types';
+import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
+import type { ResizeGeometry } from '../lib/preprocess-spec';
+import { DoneFunction, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, SendFunction, textSetting } from '../lib/red-types';
 import { checkFinite, TensorValue, toTensorValue } from '../lib/tensor';
 import type { ValueInfo } from '../lib/worker-protocol';
 import type { LoadedModel, MlModelNode } from '../ml-model/ml-model';
@@ -23,6 +26,46 @@ interface ReadyJob extends Job {
   tensor: TensorValue;
 }
 
+type OutputMode = 'classification' | 'detection' | 'raw' | 'auto';
+
+/** A setting that must be one of a few words; unset gives the fallback, anything else is refused. */
+function choiceSetting<T extends string>(value: unknown, allowed: readonly T[], fallback: T, name: string): T {
+  const text = typeof value === 'string' ? textSetting(value) : value;
+  if (text === undefined || text === null || text === '') return fallback;
+  if (allowed.includes(text as T)) return text as T;
+  throw new Error(`Expected ${name} to be one of ${allowed.join(', ')} but received ${JSON.stringify(value)}`);
+}
+
+/** Reads the detection settings; throws naming the setting that is wrong. */
+function detectionSettings(config: NodeDef): DetectionSettings {
+  const classes = textSetting(config.classes).split(',').map((c) => c.trim()).filter(Boolean);
+  const boxes = choiceSetting(config.boxFormat, ['', 'xyxy', 'yxyx', 'cxcywh'] as const, '', 'boxFormat');
+  return {
+    layout: choiceSetting(config.layout, ['auto', 'yolov8', 'yolov5', 'end2end', 'ssd'] as const, 'auto', 'layout') as DetectionLayout | 'auto',
+    scoreThreshold: numberSetting(config.scoreThreshold, DEFAULT_DETECTION.scoreThreshold, { min: 0, max: 1, name: 'scoreThreshold' }),
+    iouThreshold: numberSetting(config.iouThreshold, DEFAULT_DETECTION.iouThreshold, { min: 0, max: 1, name: 'iouThreshold' }),
+    maxDetections: Math.round(numberSetting(config.maxDetections, DEFAULT_DETECTION.maxDetections, { min: 1, max: 10000, name: 'maxDetections' })),
+    classes,
+    boxes: boxes === '' ? undefined : (boxes as BoxFormat),
+    coordinates: choiceSetting(config.coordinates, ['auto', 'normalized', 'pixels'] as const, 'auto', 'coordinates') as CoordinateUnits,
+  };
+}
+
+/** msg.preprocess.geometry when it is what ml-preprocess writes (it may have crossed JSON). */
+function geometryOf(msg: NodeMessage): ResizeGeometry | undefined {
+  const g = (msg as { preprocess?: { geometry?: unknown } }).preprocess?.geometry as ResizeGeometry | undefined;
+  const rect = (r: unknown) => !!r && typeof r === 'object' && ['x', 'y', 'width', 'height'].every((k) => Number.isFinite((r as Record<string, number>)[k]));
+  return g && rect(g.source) && rect(g.target) && g.target.width > 0 && g.target.height > 0 ? g : undefined;
+}
+
+/** The model input's width and height: from msg.preprocess, else from an image tensor's shape. */
+function inputSizeOf(msg: NodeMessage, dims: number[]): { width: number; height: number } {
+  const pre = (msg as { preprocess?: { width?: unknown; height?: unknown } }).preprocess;
+  if (pre && Number(pre.width) > 0 && Number(pre.height) > 0) return { width: Number(pre.width), height: Number(pre.height) };
+  if (dims.length === 4) return dims[1] <= 4 ? { width: dims[3], height: dims[2] } : { width: dims[2], height: dims[1] };
+  return { width: 1, height: 1 };
+}
+
 /** The lane a message waits in: its camera, so one camera's frames never push out another's. */
 function cameraOf(msg: NodeMessage): string {
   const frame = (msg as { frame?: { camera?: unknown } }).frame;
@@ -34,7 +77,9 @@ module.exports = function (RED: NodeAPI) {
     RED.nodes.createNode(this, config);
     const node = this;
     const model = RED.nodes.getNode(String(config.model || '')) as MlModelNode | null;
-    const mode = config.output === 'raw' ? 'raw' : 'classification';
+    // Flows from before detection have no setting, or 'classification': they keep classifying.
+    const mode: OutputMode = (['raw', 'detection', 'auto'] as const).find((m) => m === config.output) ?? 'classification';
+    let detection: DetectionSettings = DEFAULT_DETECTION;
     const policy: QueuePolicy = config.policy === 'oldest' ? 'oldest' : 'latest';
     let topK = 3;
     let perCamera = 1;
@@ -45,6 +90,7 @@ module.exports = function (RED: NodeAPI) {
       topK = numberSetting(config.topK, 3, { min: 1, max: 1000, name: 'topK' });
       perCamera = numberSetting(config.queueSize, 1, { min: 1, max: 1000, name: 'queueSize' });
       maxBatch = numberSetting(config.maxBatch, 8, { min: 1, max: 256, name: 'maxBatch' });
+      if (mode === 'detection' || mode === 'auto') detection = detectionSettings(config);
     } catch (err) {
       settingError = `inference not started: ${errorMessage(err)}`;
     }
@@ -53,6 +99,8 @@ module.exports = function (RED: NodeAPI) {
     let busy = false;
     let lastMs = 0;
     let lastBatch = 1;
+    /** Objects found in the last frame, when detecting. */
+    let lastObjects: number | undefined;
     let lastStatusAt = 0;
     let closing = false;
 
@@ -61,6 +109,7 @@ module.exports = function (RED: NodeAPI) {
       if (!force && now - lastStatusAt < 500) return; // status updates are not free at video rates
       lastStatusAt = now;
       const parts = [`${lastMs.toFixed(1)} ms`, `${meter.rate(now).toFixed(1)} fps`];
+      if (lastObjects !== undefined) parts.unshift(`${lastObjects} object${lastObjects === 1 ? '' : 's'}`);
       if (lastBatch > 1) parts.push(`batch ${lastBatch}`);
       const dropped = queue.totalDropped;
       if (dropped) parts.push(`dropped ${dropped}${queue.lanesWithDrops > 1 ? ` (${queue.lanesWithDrops} cameras)` : ''}`);
@@ -104,6 +153,23 @@ module.exports = function (RED: NodeAPI) {
       job.done(err instanceof Error ? err : new Error(String(err)));
     }
 
+    /**
+     * Classification or detection: the setting, else (auto) the model's task metadata, else its
+     * output: a [batch, classes] output is a classifier, anything else a detector.
+     */
+    function decideMode(loaded: LoadedModel, outputs: Record<string, TensorValue>): 'classification' | 'detection' {
+      if (mode === 'classification' || mode === 'detection') return mode;
+      if (loaded.task === 'classify') return 'classification';
+      if (loaded.task === 'detect') return 'detection';
+      if (loaded.task) {
+        throw new Error(`the model's metadata says its task is "${loaded.task}"; ml-inference decodes "classify" and "detect" models (choose the raw output for others)`);
+      }
+      const outputList = Object.values(outputs);
+      const dims = outputList[0].dims;
+      const classifier = outputList.length === 1 && (dims.length <= 2 || (dims.length === 3 && dims[1] === 1));
+      return classifier ? 'classification' : 'detection';
+    }
+
     /** One model run for the group; each frame gets its own row of the outputs. */
     async function runGroup(group: ReadyJob[], loaded: LoadedModel) {
       const started = Date.now();
@@ -115,12 +181,25 @@ module.exports = function (RED: NodeAPI) {
       // non-finite score) can be retried frame by frame without sending anything twice.
       const payloads = group.map((job, row) => {
         const outputs = outputsOfRow(result.outputs, row, group.length);
-        if (mode === 'raw') return { outputs: plainOutputs(outputs) };
-        const rows = classifyBatch(outputs[outputName], loaded.classLabels, topK, outputName);
-        return job.tensor.dims[0] === 1 ? rows[0] : rows;
+        if (mode === 'raw') return { payload: { outputs: plainOutputs(outputs) } };
+        if (decideMode(loaded, outputs) === 'classification') {
+          const rows = classifyBatch(outputs[outputName], loaded.classLabels, topK, outputName);
+          return { payload: job.tensor.dims[0] === 1 ? rows[0] : rows };
+        }
+        const shapes = Object.entries(outputs).map(([name, t]) => ({ name, dims: t.dims }));
+        const plan = planDecoding(shapes, detection.layout, loaded.detection, loaded.classLabels?.length);
+        const allowed = resolveClassFilter(detection.classes, loaded.classLabels);
+        const rows = detect({
+          outputs, plan, inputSize: inputSizeOf(job.msg, job.tensor.dims), geometry: geometryOf(job.msg), labels: loaded.classLabels, meta: loaded.detection,
+        }, detection, allowed);
+        lastObjects = rows[rows.length - 1].count;
+        return job.tensor.dims[0] === 1
+          ? { payload: rows[0], annotations: toAnnotations(rows[0].detections) }
+          : { payload: rows, annotations: rows.map((r) => toAnnotations(r.detections)) };
       });
       group.forEach((job, i) => {
-        job.msg.payload = payloads[i];
+        job.msg.payload = payloads[i].payload;
+        if (payloads[i].annotations) (job.msg as { annotations?: unknown }).annotations = payloads[i].annotations;
         job.msg.inference = {
           model: path.basename(loaded.path),
           ms: Math.round(result.ms * 100) / 100,

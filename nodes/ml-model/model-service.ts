@@ -37,9 +37,14 @@ export interface ModelServiceOptions {
   crashRestartDelayMs?: [number, number];
 }
 
-/** The size of the class dimension of a [batch, classes] output, when the model states it. */
+/**
+ * The size of the class dimension of a [batch, classes] output, when the model states it. Detection
+ * models (by metadata, or a [batch, a, b] output) are checked by ml-inference when it decodes them.
+ */
 function classCount(info: ModelInfo): number | undefined {
+  if (info.task && info.task !== 'classify') return undefined;
   const shape = info.outputs[0]?.shape;
+  if (shape && shape.length >= 3 && shape[shape.length - 2] !== 1) return undefined;
   const last = shape?.[shape.length - 1];
   return typeof last === 'number' ? last : undefined;
 }

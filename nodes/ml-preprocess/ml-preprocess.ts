@@ -21,6 +21,7 @@ module.exports = function (RED: NodeAPI) {
         dialogSpec = validatePreprocessSpec({
           width: config.width, height: config.height, resize: config.resize, channels: config.channels,
           layout: config.layout, dtype: config.dtype, mean: config.mean, std: config.std, roi,
+          pad: config.resize === 'contain' ? config.pad : undefined,
         });
       } else if (roi) {
         dialogSpec = { roi } as PreprocessSpec; // only the region of interest comes from the dialog
@@ -76,6 +77,9 @@ module.exports = function (RED: NodeAPI) {
           width: spec.width,
           height: spec.height,
           roi: spec.roi,
+          resize: spec.resize,
+          // Exactly which part of the frame went where in the input: ml-inference maps boxes back with it.
+          geometry: result.geometry,
         };
         const now = Date.now();
         if (now - lastStatusAt >= 500) {

@@ -1,0 +1,61 @@
+/**
+ * ml-annotate: draws what ml-inference found (boxes, labels and scores, or the classification
+ * label) onto the frame, as a JPEG. The drawing is in lib/annotate.ts; this file wires it up.
+ */
+import { annotateImage, AnnotateOptions, overlayFor } from '../lib/annotate';
+import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
+
+module.exports = function (RED: NodeAPI) {
+  function MlAnnotate(this: Node, config: NodeDef) {
+    RED.nodes.createNode(this, config);
+    const node = this;
+    const output = textSetting(config.output) || 'annotated';
+    let options: AnnotateOptions = {};
+    let settingError: string | undefined;
+    try {
+      options = {
+        quality: numberSetting(config.quality, 85, { min: 1, max: 100, name: 'quality' }),
+        lineWidth: numberSetting(config.lineWidth, 0, { min: 0, max: 100, name: 'lineWidth' }),
+        fontSize: numberSetting(config.fontSize, 0, { min: 0, max: 500, name: 'fontSize' }),
+      };
+    } catch (err) {
+      settingError = `annotation not started: ${errorMessage(err)}`;
+      node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
+      node.error(settingError);
+    }
+    let lastStatusAt = 0;
+
+    node.on('input', async (msg, send, done) => {
+      if (settingError) return done(new Error(settingError));
+      try {
+        // The frame is msg.image (ml-preprocess passes it on) with ml-inference's result in
+        // msg.payload; or, as node-red-node-annotate-image takes it, msg.payload with msg.annotations.
+        const frameInPayload = Buffer.isBuffer(msg.payload);
+        const frame = frameInPayload ? msg.payload : msg.image;
+        if (!Buffer.isBuffer(frame)) {
+          throw new Error(`Expected msg.image to be the frame (an image Buffer, as ml-preprocess passes it on) but received ${describeReceived(frame)}`);
+        }
+        if (frameInPayload && !Array.isArray(msg.annotations)) {
+          throw new Error(`msg.payload is an image, so expected msg.annotations to be a list of boxes but received ${describeReceived(msg.annotations)}`);
+        }
+        const overlay = overlayFor(frameInPayload ? undefined : msg.payload, msg.annotations);
+        const started = Date.now();
+        const result = await annotateImage(frame as Buffer, overlay, options);
+        RED.util.setMessageProperty(msg, output, result.image, true);
+        const now = Date.now();
+        if (now - lastStatusAt >= 500) {
+          lastStatusAt = now;
+          const what = overlay.caption ? overlay.caption.text : `${overlay.shapes.length} box${overlay.shapes.length === 1 ? '' : 'es'}`;
+          node.status({ fill: 'green', shape: 'dot', text: `${what} · ${Date.now() - started} ms` });
+        }
+        send(msg);
+        done();
+      } catch (err) {
+        node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
+        done(err as Error);
+      }
+    });
+  }
+
+  RED.nodes.registerType('ml-annotate', MlAnnotate);
+};
