@@ -83,12 +83,18 @@ export class IpcTransport extends EventEmitter {
         this.lastError = undefined;
         this.setState('connected');
       },
-      (err: Error) => {
+      (err: Error & { type?: unknown }) => {
         if (this.client !== client) return;
         this.client = undefined;
-        this.lastError = `${err.message}${/refused|ENOENT|no such file/i.test(err.message) ? ' (is the nucleus running?)' : ''}`;
+        // The nucleus answered the CONNECT without accepting it: the token (SVCUID) is not valid, and
+        // retrying with it cannot help; the nucleus gives a fresh one when it restarts the component.
+        const refused = err?.type === eventstream_rpc.RpcErrorType.HandshakeError;
+        this.lastError = refused
+          ? `the nucleus refused the component's IPC token (${err.message})`
+          : `${err.message}${/refused|ENOENT|no such file/i.test(err.message) ? ' (is the nucleus running?)' : ''}`;
         this.setState('disconnected');
         client.close().catch(() => undefined);
+        if (refused) this.emit('rejected', this.lastError);
         this.scheduleReconnect();
       },
     );
