@@ -42,7 +42,7 @@ function checkInstall({ modules = true, env = process.env } = {}) {
   const source = (env.SORTER_SOURCE ?? '').trim();
   if (LIVE_SOURCE.test(source)) {
     try {
-      execFileSync('ffmpeg', ['-hide_banner', '-version'], { stdio: 'ignore', timeout: 10_000 });
+      execFileSync('ffmpeg', ['-hide_banner', '-version'], { stdio: 'ignore', timeout: 10_000, env: { ...process.env, PATH: env.PATH ?? '' } });
     } catch (err) {
       problems.push(`the camera source ${source} is read through ffmpeg, which cannot run here (${err.code ?? err.message}; PATH=${env.PATH}): `
         + 'install it (apt-get install ffmpeg)');
