@@ -64,6 +64,11 @@ function interpolate(text, system, config) {
   });
 }
 
+/** Every path under dir (what the nucleus unpacked, to see that nothing is added). */
+function listTree(dir) {
+  return fs.readdirSync(dir, { recursive: true }).map((p) => path.join(dir, String(p)));
+}
+
 function descendants(pid) {
   const children = new Map();
   for (const entry of fs.readdirSync('/proc')) {
@@ -128,9 +133,11 @@ class TestNucleus {
       execFileSync('find', [dir, '-type', 'f', '-exec', 'chmod', fileMode.toString(8), '{}', '+']);
       execFileSync('find', [dir, '-type', 'd', '-exec', 'chmod', dirMode.toString(8), '{}', '+']);
     }
-    fs.mkdirSync(this.workPath, { recursive: true, mode: 0o700 });
+    // {work:path}: the component's own folder (its user's, 0700) under the nucleus's work folder.
+    fs.mkdirSync(path.dirname(this.workPath), { recursive: true, mode: 0o755 });
+    fs.mkdirSync(this.workPath, { mode: 0o700 });
     fs.chownSync(this.workPath, USER.uid, USER.gid);
-    this.unpacked = new Set(execFileSync('find', [this.decompressedPath], { encoding: 'utf8' }).split('\n').filter(Boolean));
+    this.unpacked = new Set(listTree(this.decompressedPath));
   }
 
   merge(update) {
@@ -178,7 +185,11 @@ class TestNucleus {
     let output = '';
     child.stdout.on('data', (d) => { output += d; });
     child.stderr.on('data', (d) => { output += d; });
-    return { child, output: () => output, exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal))) };
+    const exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => resolve(code ?? signal));
+      child.once('error', (err) => { output += `\n${err.stack}`; resolve(`spawn error ${err.code}`); });
+    });
+    return { child, output: () => output, exited };
   }
 
   async install() {
@@ -284,7 +295,7 @@ test('the component deploys as the nucleus deploys it: unpack, Install and Run a
   const zipMiB = zipBytes / 1048576;
   t.diagnostic(`artifact ${zipMiB.toFixed(1)} MiB zipped (build ${((Date.now() - began) / 1000).toFixed(0)} s)`);
   assert.ok(zipMiB <= MAX_ARTIFACT_MIB, `the artifact is ${zipMiB.toFixed(1)} MiB; at most ${MAX_ARTIFACT_MIB} MiB`);
-  const entries = execFileSync('python3', ['-c', 'import sys, zipfile; print("\\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))', zip], { encoding: 'utf8' }).split('\n');
+  const entries = execFileSync('python3', ['-c', 'import sys, zipfile; print("\\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))', zip], { encoding: 'utf8', maxBuffer: 64 << 20 }).split('\n');
   assert.ok(entries.includes('run.js') && entries.includes('check-install.js'), 'entries at the ZIP\'s root: the nucleus adds the folder');
   assert.ok(!entries.some((e) => /onnxruntime-node\/bin\/napi-v\d+\/(darwin|win32)\//.test(e)), 'no darwin/win32 onnxruntime');
   const other = process.arch === 'x64' ? 'arm64' : 'x64';
@@ -349,7 +360,7 @@ test('the component deploys as the nucleus deploys it: unpack, Install and Run a
     assert.match(second.output(), /stopped in \d+ ms/);
 
     // Nothing was written into the artifact; state is in the work folder.
-    const now = execFileSync('find', [nucleus.decompressedPath], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    const now = listTree(nucleus.decompressedPath);
     assert.deepEqual(now.filter((f) => !nucleus.unpacked.has(f)), [], 'the artifact folder is unchanged');
     assert.ok(fs.existsSync(path.join(nucleus.workPath, 'spool')), 'the spool is in {work:path}');
     assert.ok(fs.existsSync(path.join(nucleus.workPath, 'node-red')), 'Node-RED\'s user folder is in {work:path}');
