@@ -126,6 +126,8 @@ function prune(app, arch = process.arch) {
   for (const dir of fs.existsSync(img) ? fs.readdirSync(img) : []) {
     if (/^sharp-/.test(dir) && !dir.endsWith(`linux-${arch}`)) rm(path.join(img, dir));
   }
+  // Command-line links (node_modules/.bin): the component starts run.js, no package's CLI.
+  for (const bin of [path.join(app, 'node_modules', '.bin')]) if (fs.existsSync(bin)) rm(bin);
   // Type declarations are for compilers, not for Node.
   if (fs.existsSync(path.join(app, 'node_modules', '@types'))) rm(path.join(app, 'node_modules', '@types'));
   // Node-RED's palette installer runs the npm it depends on; the component disables palette installs
@@ -221,6 +223,8 @@ with zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         dirs.sort()
         for name in sorted(files):
             full = os.path.join(folder, name)
+            if os.path.islink(full) and not os.path.exists(full):
+                continue
             z.write(full, os.path.relpath(full, base))
 `;
 
