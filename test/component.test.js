@@ -398,3 +398,22 @@ test('the component deploys as the nucleus deploys it: unpack, Install and Run a
   }
   t.diagnostic(`component test: ${((Date.now() - began) / 1000).toFixed(0)} s`);
 });
+
+test('the review folder stays under its file count and size, the oldest frames removed first', () => {
+  const { pruneFolder } = require('../greengrass/app/review-folder');
+  const dir = tmpDir('gg-review-');
+  const t0 = Date.now() / 1000 - 1000;
+  for (let i = 0; i < 12; i++) {
+    const file = path.join(dir, i % 2 ? 'glass' : 'paper', `cam1-${i}.jpg`);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, Buffer.alloc(1000));
+    fs.utimesSync(file, t0 + i, t0 + i);
+  }
+  const byCount = pruneFolder(dir, { maxFiles: 10, maxBytes: Infinity });
+  assert.deepEqual(byCount.removed.map((f) => path.basename(f)), ['cam1-0.jpg', 'cam1-1.jpg']);
+  const bySize = pruneFolder(dir, { maxFiles: 100, maxBytes: 7500 });
+  assert.deepEqual(bySize.removed.map((f) => path.basename(f)), ['cam1-2.jpg', 'cam1-3.jpg', 'cam1-4.jpg']);
+  assert.equal(bySize.count, 7);
+  assert.equal(bySize.bytes, 7000);
+  assert.deepEqual(pruneFolder(path.join(dir, 'missing'), { maxFiles: 1, maxBytes: 1 }).removed, [], 'no folder yet is fine');
+});
