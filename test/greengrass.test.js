@@ -179,7 +179,10 @@ test('a message the broker refuses (ACL) is set aside after three tries, reporte
 
 test('IPC: as a component, results go to local pub/sub and IoT Core through the nucleus with the token', async () => {
   const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
-  const nucleus = new FakeNucleusIpc(socketPath, 'component-token-1');
+  const nucleus = new FakeNucleusIpc(socketPath, 'component-token-1', { accessControl: {
+    'aws.greengrass.ipc.pubsub': { p: { operations: ['aws.greengrass#PublishToTopic'], resources: ['recycling/*/result'] } },
+    'aws.greengrass.ipc.mqttproxy': { m: { operations: ['aws.greengrass#PublishToIoTCore'], resources: ['recycling/+/ml'] } },
+  } });
   await nucleus.listen();
   Object.assign(process.env, { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: socketPath, SVCUID: 'component-token-1' });
   try {
@@ -214,7 +217,9 @@ test('IPC: as a component, results go to local pub/sub and IoT Core through the 
 
 test('IPC: a wrong token is refused, results wait in the spool, and go out once the nucleus accepts', async () => {
   const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
-  const nucleus = new FakeNucleusIpc(socketPath, 'the-right-token');
+  const nucleus = new FakeNucleusIpc(socketPath, 'the-right-token', { accessControl: {
+    'aws.greengrass.ipc.pubsub': { p: { operations: ['aws.greengrass#PublishToTopic'], resources: ['recycling/*'] } },
+  } });
   await nucleus.listen();
   Object.assign(process.env, { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: socketPath, SVCUID: 'a-stale-token' });
   try {
@@ -231,6 +236,166 @@ test('IPC: a wrong token is refused, results wait in the spool, and go out once 
     delete process.env.AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT;
     delete process.env.SVCUID;
     await helper.unload();
+    await nucleus.close();
+  }
+});
+
+// ---- The test nucleus refuses what the real nucleus refuses (see test/fixtures/ipc-server.js for the
+// nucleus source each rule comes from), and the client sets permanent refusals aside.
+
+const net = require('net');
+const { crc32 } = require('zlib');
+const { IpcTransport } = require('../nodes/greengrass-connection/ipc-transport');
+const { RefusedError } = require('../nodes/greengrass-connection/spool');
+const { encodeMessage, decodeHeaders } = require('./fixtures/ipc-server');
+
+const POLICY = {
+  'aws.greengrass.ipc.pubsub': { p: { operations: ['aws.greengrass#PublishToTopic'], resources: ['recycling/*/result'] } },
+  'aws.greengrass.ipc.mqttproxy': { m: { operations: ['aws.greengrass#PublishToIoTCore'], resources: ['recycling/+/ml', 'deep/#'] } },
+};
+
+/** A bare eventstream RPC client: sends what the SDK would never send (a JSON number as QoS, a JSON array as message). */
+async function rawRequest(socketPath, token, operation, request) {
+  const socket = net.connect(socketPath);
+  const frames = [];
+  let buffer = Buffer.alloc(0);
+  let wake = () => undefined;
+  socket.on('data', (chunk) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    while (buffer.length >= 12 && buffer.length >= buffer.readUInt32BE(0)) {
+      const total = buffer.readUInt32BE(0);
+      const frame = buffer.subarray(0, total);
+      buffer = buffer.subarray(total);
+      assert.equal(crc32(frame.subarray(0, total - 4)), frame.readUInt32BE(total - 4));
+      const headersLength = frame.readUInt32BE(4);
+      frames.push({ headers: decodeHeaders(frame.subarray(12, 12 + headersLength)), payload: frame.subarray(12 + headersLength, total - 4).toString() });
+      wake();
+    }
+  });
+  const next = async () => {
+    const deadline = Date.now() + 5000;
+    while (!frames.length) {
+      if (Date.now() > deadline) throw new Error('no answer from the test nucleus');
+      await new Promise((resolve) => { wake = resolve; setTimeout(resolve, 50); });
+    }
+    return frames.shift();
+  };
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write(encodeMessage({ ':message-type': 4, ':message-flags': 0, ':stream-id': 0, ':version': '0.1.0' }, Buffer.from(JSON.stringify({ authToken: token }))));
+  assert.equal((await next()).headers[':message-flags'] & 1, 1, 'connection accepted');
+  socket.write(encodeMessage({
+    ':message-type': 0, ':message-flags': 0, ':stream-id': 1, operation: `aws.greengrass#${operation}`,
+    ':content-type': 'application/json', 'service-model-type': `aws.greengrass#${operation}Request`,
+  }, Buffer.from(JSON.stringify(request))));
+  const answer = await next();
+  socket.destroy();
+  return answer;
+}
+
+test('IPC: the test nucleus refuses as the nucleus does (policy matching, wildcards, IoT Core limits), and each refusal is a RefusedError', async () => {
+  const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
+  const nucleus = new FakeNucleusIpc(socketPath, 'tok', { accessControl: POLICY });
+  await nucleus.listen();
+  const transport = new IpcTransport(socketPath, 'tok');
+  try {
+    transport.start();
+    await until(() => transport.state === 'connected', 10_000, 'the IPC connection');
+    const refusal = async (message, model) => {
+      const err = await transport.publish(message).then(() => undefined, (e) => e);
+      assert.ok(err instanceof RefusedError, `${message.topic}: ${err?.message ?? 'accepted'} should be a refusal`);
+      assert.equal(nucleus.refused.at(-1).error, model, message.topic);
+      return err;
+    };
+    // Local pub/sub: `*` matches across levels (the nucleus's standard lookup); + and # are plain characters there.
+    await transport.publish({ topic: 'recycling/a/b/result', payload: '{"n":1}', qos: 1 });
+    assert.match((await refusal({ topic: 'plant/a/result', payload: '{}', qos: 1 }, 'UnauthorizedError')).message, /not authori[sz]ed.*accessControl/i);
+    await refusal({ topic: 'recycling/x+/result', payload: '{}', qos: 1 }, 'InvalidArgumentsError');
+    // JSON that is not an object goes as bytes: the nucleus's JsonMessage.message is a map.
+    await transport.publish({ topic: 'recycling/a/result', payload: '[1,2]', qos: 1 });
+    assert.deepEqual(nucleus.received.at(-1).request.publishMessage, { binaryMessage: { message: Buffer.from('[1,2]').toString('base64') } });
+    // IoT Core: MQTT-style matching, QoS as a string, the topic and size limits.
+    await transport.publish({ topic: 'recycling/belt/ml', payload: 'x', qos: 1, destination: 'iotcore' });
+    assert.equal(nucleus.received.at(-1).request.qos, '1');
+    await transport.publish({ topic: 'recycling/belt/ml', payload: 'x', qos: 0, destination: 'iotcore' });
+    assert.equal(nucleus.received.at(-1).request.qos, '0');
+    await refusal({ topic: 'recycling/a/b/ml', payload: 'x', qos: 1, destination: 'iotcore' }, 'UnauthorizedError');
+    await refusal({ topic: 'deep/1/2/3/4/5/6/7/8', payload: 'x', qos: 1, destination: 'iotcore' }, 'ServiceError');
+    await transport.publish({ topic: 'deep/1/2/3/4/5/6/7', payload: 'x', qos: 1, destination: 'iotcore' });
+    await refusal({ topic: `deep/${'t'.repeat(252)}`, payload: 'x', qos: 1, destination: 'iotcore' }, 'ServiceError');
+    await refusal({ topic: 'recycling/belt/ml', payload: Buffer.alloc(128 * 1024 + 1), qos: 1, destination: 'iotcore' }, 'ServiceError');
+    await transport.publish({ topic: 'recycling/belt/ml', payload: Buffer.alloc(128 * 1024), qos: 1, destination: 'iotcore' });
+    assert.equal(transport.state, 'connected', 'refusals do not drop the connection');
+
+    // What the SDK never sends, the nucleus refuses too, in its own shapes.
+    const numericQos = await rawRequest(socketPath, 'tok', 'PublishToIoTCore', { topicName: 'recycling/b/ml', payload: 'eA==', qos: 1 });
+    assert.equal(numericQos.headers[':message-type'], 1);
+    assert.equal(numericQos.headers['service-model-type'], 'aws.greengrass#InvalidArgumentsError');
+    const noQos = await rawRequest(socketPath, 'tok', 'PublishToIoTCore', { topicName: 'recycling/b/ml', payload: 'eA==' });
+    assert.match(JSON.parse(noQos.payload).message, /QoS is required/);
+    const array = await rawRequest(socketPath, 'tok', 'PublishToTopic', { topic: 'recycling/b/result', publishMessage: { jsonMessage: { message: [1, 2] } } });
+    assert.equal(array.headers[':message-type'], 1, 'an ApplicationError');
+    assert.equal(array.headers['service-model-type'], undefined, 'that names no model type');
+    assert.equal(array.payload, 'InternalServerError');
+    const unknown = await rawRequest(socketPath, 'tok', 'PublishToTopic', { topic: 'other', publishMessage: { jsonMessage: { message: {} } } });
+    assert.equal(unknown.headers['service-model-type'], 'aws.greengrass#UnauthorizedError');
+    const none = new FakeNucleusIpc(path.join(path.dirname(socketPath), 'none.socket'), 'tok');
+    await none.listen();
+    const noPolicy = await rawRequest(none.socketPath, 'tok', 'PublishToTopic', { topic: 'recycling/b/result', publishMessage: { jsonMessage: { message: {} } } });
+    assert.equal(noPolicy.headers['service-model-type'], 'aws.greengrass#UnauthorizedError', 'no accessControl refuses everything');
+    await none.close();
+  } finally {
+    await transport.stop();
+    await nucleus.close();
+  }
+});
+
+test('IPC: a topic the policy does not grant is set aside after repeated refusals, and later results still go out', async () => {
+  const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
+  const nucleus = new FakeNucleusIpc(socketPath, 'tok', { accessControl: POLICY });
+  await nucleus.listen();
+  const spoolDir = tmpDir('gg-spool-');
+  Object.assign(process.env, { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: socketPath, SVCUID: 'tok' });
+  try {
+    await loadFlow(helper, nodes, [
+      ...flow({ transport: 'ipc', spoolDir }),
+      { id: 'forbidden', type: 'greengrass-publish', z: 'tab', connection: 'conn', topic: 'plant/secrets', qos: 1 },
+    ]);
+    const conn = helper.getNode('conn');
+    await until(() => conn.state === 'connected', 10_000, 'the IPC connection');
+    const caught = [];
+    helper.getNode('errors').on('input', (m) => caught.push(m));
+    helper.getNode('pub').receive({ payload: { n: 1 }, frame: { camera: 'belt1' } });
+    helper.getNode('forbidden').receive({ payload: { n: 2 } });
+    for (let n = 3; n <= 4; n++) helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+    await until(() => nucleus.received.length >= 3, 15_000, 'the allowed results');
+    assert.deepEqual(nucleus.received.map((r) => r.request.publishMessage.jsonMessage.message.n), [1, 3, 4]);
+    await until(() => caught.length >= 1, 5000, 'the report of the refused message');
+    assert.equal(caught[0].error.source.id, 'forbidden');
+    assert.match(caught[0].error.message, /plant\/secrets.*not authori[sz]ed/i);
+    assert.equal(nucleus.refused.filter((r) => r.request.topic === 'plant/secrets').length, 3, 'three tries, then set aside');
+    assert.equal(fs.readdirSync(path.join(spoolDir, 'dead-letter')).length, 1);
+  } finally {
+    delete process.env.AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT;
+    delete process.env.SVCUID;
+    await helper.unload();
+    await nucleus.close();
+  }
+});
+
+test('IPC: a refused token is reported to the process (the component launcher exits on it) and retried elsewhere', async () => {
+  const socketPath = path.join(tmpDir('gg-ipc-'), 'ipc.socket');
+  const nucleus = new FakeNucleusIpc(socketPath, 'the-right-token', { accessControl: POLICY });
+  await nucleus.listen();
+  const transport = new IpcTransport(socketPath, 'a-stale-token');
+  const rejected = [];
+  transport.on('rejected', (reason) => rejected.push(reason));
+  try {
+    transport.start();
+    await until(() => rejected.length >= 1, 10_000, 'the refusal');
+    assert.match(rejected[0], /refused the component's IPC token/);
+    assert.match(transport.lastError, /refused the component's IPC token/);
+  } finally {
+    await transport.stop();
     await nucleus.close();
   }
 });

@@ -55,6 +55,9 @@ export interface GreengrassConnectionNode extends SharedResourceNode {
 
 type Transport = MqttTransport | IpcTransport;
 
+/** Process event emitted when the nucleus refuses the IPC token (see greengrass/app/run.js). */
+export const TOKEN_REJECTED_EVENT = 'greengrass:ipc-token-rejected';
+
 /** Unique per device, so that devices of a fleet sharing one flow do not push each other off the broker. */
 export function defaultClientId(nodeId: string, env: NodeJS.ProcessEnv = process.env): string {
   const device = env.AWS_IOT_THING_NAME || os.hostname() || 'node-red';
@@ -143,6 +146,13 @@ module.exports = function (RED: NodeAPI) {
         },
       });
     }
+
+    transport?.on('rejected', (reason: string) => {
+      node.error(`${reason}: no result can be delivered with it (results wait in the spool)`);
+      // A Greengrass component's launcher (greengrass/app/run.js) listens for this and exits non-zero,
+      // so that the nucleus restarts the component with a fresh token. Elsewhere the transport retries.
+      (process as NodeJS.EventEmitter).emit(TOKEN_REJECTED_EVENT, reason);
+    });
 
     transport?.on('state', (state: ConnectionState, error?: string) => {
       node.state = state;

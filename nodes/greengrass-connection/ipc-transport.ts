@@ -39,6 +39,8 @@ export class IpcTransport extends EventEmitter {
   private retryTimer?: NodeJS.Timeout;
   private readonly backoff = new Backoff(500, 15_000);
   private stopped = true;
+  /** Connections the nucleus closed during the CONNECT handshake, in a row. */
+  private handshakeCloses = 0;
 
   constructor(private readonly socketPath = process.env[SOCKET_ENV] ?? '', private readonly token = process.env[TOKEN_ENV] ?? '') {
     super();
@@ -80,15 +82,26 @@ export class IpcTransport extends EventEmitter {
       () => {
         if (this.client !== client) return;
         this.backoff.reset();
+        this.handshakeCloses = 0;
         this.lastError = undefined;
         this.setState('connected');
       },
-      (err: Error) => {
+      (err: Error & { type?: unknown }) => {
         if (this.client !== client) return;
         this.client = undefined;
-        this.lastError = `${err.message}${/refused|ENOENT|no such file/i.test(err.message) ? ' (is the nucleus running?)' : ''}`;
+        // The nucleus answered the CONNECT without accepting it: the token (SVCUID) is not valid, and
+        // retrying with it cannot help; the nucleus gives a fresh one when it restarts the component.
+        // Its IPC server closes the connection right after that answer, so the client often reports the
+        // close instead: twice in a row during the handshake counts as a refusal too.
+        const closedInHandshake = err?.type === eventstream_rpc.RpcErrorType.NetworkError && /connection closed/i.test(err.message);
+        this.handshakeCloses = closedInHandshake ? this.handshakeCloses + 1 : 0;
+        const refused = err?.type === eventstream_rpc.RpcErrorType.HandshakeError || this.handshakeCloses >= 2;
+        this.lastError = refused
+          ? `the nucleus refused the component's IPC token (${err.message})`
+          : `${err.message}${/refused|ENOENT|no such file/i.test(err.message) ? ' (is the nucleus running?)' : ''}`;
         this.setState('disconnected');
         client.close().catch(() => undefined);
+        if (refused) this.emit('rejected', this.lastError);
         this.scheduleReconnect();
       },
     );
@@ -141,8 +154,14 @@ export class IpcTransport extends EventEmitter {
         throw err;
       }
       const text = `${operation} ${topic} failed: ${describeIpcError(err)}`;
-      // Modelled errors (UnauthorizedError, InvalidArgumentsError, ServiceError) are the nucleus's answer to this message.
-      throw (err as { type?: unknown })?.type === eventstream_rpc.RpcErrorType.ServiceError ? new RefusedError(text) : new Error(text);
+      // Only a lost connection is worth retrying as such. Anything else is the nucleus's answer to this
+      // message: its modelled errors (UnauthorizedError, InvalidArgumentsError, ServiceError), an error
+      // shape the SDK's model does not list for the operation (PublishToTopic's InvalidArgumentsError),
+      // or "InternalServerError" for a request it cannot read. The spool sets those aside after 3 tries.
+      const type = (err as { type?: unknown })?.type;
+      const transient = type === eventstream_rpc.RpcErrorType.NetworkError || type === eventstream_rpc.RpcErrorType.InterruptionError
+        || type === eventstream_rpc.RpcErrorType.ClientStateError || type === undefined;
+      throw transient ? new Error(text) : new RefusedError(text);
     } finally {
       clearTimeout(timer);
     }
