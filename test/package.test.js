@@ -126,11 +126,18 @@ async function editorWorkflow(base, shots) {
     await page.hover('#menu-item-workspace');
     await page.click('#menu-item-workspace-add');
     await page.waitForTimeout(300);
-    const types = ['ml-camera', 'ml-preprocess', 'ml-inference', 'ml-route', 'greengrass-publish'];
+    const types = ['ml-camera', 'ml-preprocess', 'ml-inference', 'ml-route', 'greengrass-publish', 'ml-annotate'];
+    // Spread over the visible workspace (Node-RED 5's is narrower: its sidebars sit on both sides).
+    // Two rows of three inside what is visible of the workspace (Node-RED 5's sidebars overlay its edges).
     const chart = await page.locator('#red-ui-workspace-chart').boundingBox();
+    const palette = await page.locator('#red-ui-palette').boundingBox();
+    const sidebar = await page.locator('#red-ui-sidebar').boundingBox().catch(() => null);
+    const left = Math.max(0, palette.x + palette.width - chart.x);
+    const right = Math.min(chart.width, sidebar && sidebar.x > chart.x ? sidebar.x - chart.x : chart.width);
+    const step = Math.min(220, (right - left - 260) / 2);
     for (const [i, type] of types.entries()) {
       await page.locator(`.red-ui-palette-node[data-palette-type="${type}"]`).dragTo(page.locator('#red-ui-workspace-chart'), {
-        targetPosition: { x: 120 + i * 190, y: 120 + (i % 2) * 60 },
+        targetPosition: { x: left + 100 + (i % 3) * step, y: 110 + Math.floor(i / 3) * 130 },
       });
       await page.waitForTimeout(200);
     }
@@ -148,7 +155,7 @@ async function editorWorkflow(base, shots) {
     }
     await shot('wired');
     const wired = await page.evaluate((ids) => ids.slice(0, -1).map((id, i) => RED.nodes.filterLinks({ source: RED.nodes.node(id), target: RED.nodes.node(ids[i + 1]) }).length), added);
-    assert.deepEqual(wired, [1, 1, 1, 1], 'each node is wired to the next');
+    assert.deepEqual(wired, types.slice(1).map(() => 1), 'each node is wired to the next');
 
     // Each new node's dialog, as a user opens it: pick the imported model and broker, then Done.
     for (const id of added) {
