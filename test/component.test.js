@@ -25,7 +25,7 @@ const assert = require('node:assert/strict');
 const { spawn, execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { tmpDir, validationPhotos, sleep, killOnExit, freePort } = require('./helpers');
+const { ROOT, tmpDir, validationPhotos, sleep, killOnExit, freePort } = require('./helpers');
 const { build, policyResources, targetArchitecture } = require('../tools/build-component');
 const { FakeNucleusIpc } = require('./fixtures/ipc-server');
 
@@ -273,6 +273,21 @@ test('the policy resources follow the topic prefix; only amd64 and aarch64 are b
   assert.equal(targetArchitecture('arm64', 'linux'), 'aarch64');
   assert.throws(() => targetArchitecture('arm', 'linux'), /amd64 \(x64\) and aarch64 \(arm64\) core devices only, not linux-arm/);
   assert.throws(() => targetArchitecture('x64', 'darwin'), /not darwin-x64/);
+});
+
+test('the start-up policy check covers every camera of a `cameras` list', () => {
+  const { checkPublishGrants } = require('../greengrass/app/access-policy');
+  const recipe = JSON.parse(fs.readFileSync(path.join(ROOT, 'greengrass', 'recipe.json'), 'utf8'));
+  const env = {
+    SORTER_TRANSPORT: 'ipc', SVCUID: 't', AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: '/s',
+    SORTER_ACCESS_CONTROL: JSON.stringify(recipe.ComponentConfiguration.DefaultConfiguration.accessControl),
+    SORTER_CAMERAS: 'belt1=/data/a,belt2=rtsp://10.0.0.21/stream1',
+  };
+  assert.match(checkPublishGrants(env).note, /recycling\/belt1\/result.*recycling\/belt2\/camera/);
+  const narrow = { 'aws.greengrass.ipc.pubsub': { p: { operations: ['aws.greengrass#PublishToTopic'], resources: ['recycling/belt1/*'] } } };
+  assert.match(checkPublishGrants({ ...env, SORTER_ACCESS_CONTROL: JSON.stringify(narrow) }).error, /publishes to recycling\/belt2\/result, recycling\/belt2\/divert, recycling\/belt2\/camera, which accessControl does not grant/);
+  assert.equal(recipe.ComponentConfiguration.DefaultConfiguration.cameras, '');
+  assert.equal(recipe.Manifests[0].Lifecycle.Setenv.SORTER_CAMERAS, '{configuration:/cameras}');
 });
 
 test('Install checks ffmpeg for a live camera where the component\'s user looks for it, and writable work folders', () => {

@@ -28,11 +28,31 @@ function grants(accessControl, topic, operation = PUBLISH) {
     && Array.isArray(p.resources) && p.resources.some((r) => typeof r === 'string' && globToRegExp(r).test(topic)));
 }
 
+/** The camera ids of the sorter flow: those of SORTER_CAMERAS (parsed as the camera node does), else SORTER_CAMERA_ID. */
+function cameraIds(env) {
+  if ((env.SORTER_CAMERAS || '').trim()) {
+    // The installed collection in the artifact; this checkout's compiled nodes when run from the repository.
+    for (const module of ['node-red-contrib-greengrass-ml/nodes/ml-camera/camera-list', '../../nodes/ml-camera/camera-list']) {
+      let parse;
+      try {
+        parse = require(module).parseCameraList;
+      } catch {
+        continue;
+      }
+      try {
+        return parse(env.SORTER_CAMERAS).map((c) => c.id);
+      } catch {
+        break; // a list the camera node refuses is reported by it, naming the entry
+      }
+    }
+  }
+  return [env.SORTER_CAMERA_ID || 'cam1'];
+}
+
 /** The topics the sorter flow publishes to (flows/recycling-sorter.json). */
 function flowTopics(env) {
   const prefix = env.SORTER_TOPIC_PREFIX || 'recycling';
-  const camera = env.SORTER_CAMERA_ID || 'cam1';
-  return ['result', 'divert', 'camera'].map((leaf) => `${prefix}/${camera}/${leaf}`);
+  return cameraIds(env).flatMap((camera) => ['result', 'divert', 'camera'].map((leaf) => `${prefix}/${camera}/${leaf}`));
 }
 
 function checkPublishGrants(env = process.env) {
