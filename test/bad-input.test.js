@@ -779,7 +779,11 @@ campaign({
   name: 'greengrass-publish over IPC: AWS IoT Core limits',
   async setup() {
     const socketPath = path.join(tmpDir('badinput-ipc-'), 'ipc.socket');
-    const nucleus = new FakeNucleusIpc(socketPath, 'badinput-token');
+    // A policy that grants every topic: here only the limits of IoT Core itself should refuse.
+    const nucleus = new FakeNucleusIpc(socketPath, 'badinput-token', { accessControl: {
+      'aws.greengrass.ipc.pubsub': { all: { operations: ['aws.greengrass#PublishToTopic'], resources: ['*'] } },
+      'aws.greengrass.ipc.mqttproxy': { all: { operations: ['aws.greengrass#PublishToIoTCore'], resources: ['#'] } },
+    } });
     await nucleus.listen();
     Object.assign(process.env, { AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT: socketPath, SVCUID: 'badinput-token' });
     return { nucleus };

@@ -104,7 +104,8 @@ test('a schedule ticks once per slot on its phase, even when a timer seems to fi
   // jitter: every other reading of the clock is 3 ms behind, as when the event loop's timer clock and
   // Date.now() disagree, so some timers fire (by the schedule's clock) just before their slot.
   for (const jitter of [0, 3]) {
-    const interval = 60;
+    // Long enough that a timer late by a loaded machine (tens of ms) still rounds to its own slot.
+    const interval = 200;
     const phase = 17;
     let reads = 0;
     const now = () => Date.now() - (reads++ % 2 ? jitter : 0);
@@ -120,7 +121,7 @@ test('a schedule ticks once per slot on its phase, even when a timer seems to fi
     const slots = ticks.map((t) => Math.round((t - phase) / interval));
     for (let i = 1; i < slots.length; i++) assert.ok(slots[i] > slots[i - 1], `one tick per slot (jitter ${jitter}): ${slots.join(',')}`);
     const past = ticks.map((t) => pastPhase(t, phase, interval));
-    assert.ok(past.filter((o) => o >= -1 && o < 25).length >= count - 1, `ticks land on their slots: ${past.join(',')}`);
+    assert.ok(past.filter((o) => o >= -1 && o < 80).length >= count - 1, `ticks land on their slots: ${past.join(',')}`);
   }
 });
 

@@ -1,4 +1,5 @@
 /** greengrass-publish: sends msg.payload through a greengrass-connection (IPC or MQTT, spooled). */
+import { frameOf } from '../lib/messages';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
 import type { DeadLetter, GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
 import { encodePayload, renderTopic, toAwsMlInferenceMessage } from './publish-format';
@@ -75,7 +76,7 @@ module.exports = function (RED: NodeAPI) {
           throw new Error(`Expected msg.topic to be a string but received ${describeReceived(msg.topic)}`);
         }
         const topic = renderTopic(template || (msg.topic ?? ''), msg);
-        const body = awsFormat ? toAwsMlInferenceMessage(msg.payload, msg.frame) : msg.payload;
+        const body = awsFormat ? toAwsMlInferenceMessage(msg.payload, frameOf(msg)) : msg.payload;
         const outcome = await connection.publish({
           topic, payload: encodePayload(body), qos, destination, allowReserved, publisher: node.id,
           expiresAt: expirySeconds > 0 ? Date.now() + expirySeconds * 1000 : undefined,

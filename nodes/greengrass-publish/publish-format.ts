@@ -1,4 +1,5 @@
 /** What greengrass-publish sends: topics from templates such as recycling/{{frame.camera}}/result, and payload bytes. */
+import type { Classification, FrameInfo, Prediction } from '../lib/messages';
 
 const PLACEHOLDER = /\{\{\s*([^}]+?)\s*\}\}/g;
 
@@ -48,18 +49,14 @@ export function encodePayload(payload: unknown): Buffer | string {
   });
 }
 
-interface Scored {
-  label?: unknown;
-  score?: unknown;
-  topK?: { label?: unknown; score?: unknown }[];
-  capturedAt?: unknown;
-}
+/** A classification (lib/messages) as it may arrive: possibly copied into a result with its capture time. */
+type Scored = Partial<Record<keyof Classification | 'capturedAt', unknown>> & { topK?: Partial<Record<keyof Prediction, unknown>>[] };
 
 /**
  * The message shape of AWS's Greengrass ML inference components (aws.greengrass.DLRImageClassification
  * and friends), so IoT rules and dashboards built for them keep working.
  */
-export function toAwsMlInferenceMessage(payload: unknown, frame?: unknown, now = new Date()): Record<string, unknown> {
+export function toAwsMlInferenceMessage(payload: unknown, frame?: Partial<FrameInfo>, now = new Date()): Record<string, unknown> {
   const p = payload as Scored | undefined;
   if (!p || typeof p !== 'object') throw new Error('the AWS ML inference format needs msg.payload to be a classification {label, score, topK}');
   const predictions = Array.isArray(p.topK) && p.topK.length ? p.topK : [{ label: p.label, score: p.score }];
@@ -67,7 +64,7 @@ export function toAwsMlInferenceMessage(payload: unknown, frame?: unknown, now =
     throw new Error('the AWS ML inference format needs msg.payload.topK as [{label, score}] (or label and score)');
   }
   // The capture time is on msg.frame when inference is wired straight in; on the payload when a flow copied it.
-  const capturedAt = [p.capturedAt, (frame as { capturedAt?: unknown } | undefined)?.capturedAt]
+  const capturedAt = [p.capturedAt, frame?.capturedAt]
     .find((t): t is string => typeof t === 'string' && !Number.isNaN(Date.parse(t)));
   const at = capturedAt ? new Date(capturedAt) : now;
   const timestamp = at.toISOString().replace('T', ' ').replace('Z', '').replace(/\.(\d{3})$/, '.$1000');

@@ -15,16 +15,9 @@ import {
   detectSourceType, FileSource, FolderSource, FrameSource, looksLikeMjpeg, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
 } from './sources';
 import { phaseOffset, TickSchedule } from './tick-schedule';
+import type { CameraEvent, FrameInfo } from '../lib/messages';
 
-export interface FrameInfo {
-  camera: string;
-  seq: number;
-  capturedAt: string;
-  width: number;
-  height: number;
-  origin: string;
-  source: SourceType;
-}
+export type { FrameInfo };
 
 /** What a camera reports to its node. */
 export interface CameraHost {

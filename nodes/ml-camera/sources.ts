@@ -6,7 +6,9 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { ChallengeAnswer, HttpCameraAuth } from './http-auth';
 
-export type SourceType = 'pattern' | 'folder' | 'file' | 'url' | 'mjpeg' | 'rtsp' | 'v4l2';
+import type { SourceType } from '../lib/messages';
+
+export type { SourceType };
 
 export interface RawFrame {
   /** Encoded image bytes (JPEG after normaliseToJpeg). */

@@ -5,6 +5,7 @@
 import * as path from 'path';
 import { groupForBatches, hasDynamicBatch, outputsOfRow, stackRows } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
+import { cameraOf, InferenceInfo } from '../lib/messages';
 import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
@@ -66,11 +67,6 @@ function inputSizeOf(msg: NodeMessage, dims: number[]): { width: number; height:
   return { width: 1, height: 1 };
 }
 
-/** The lane a message waits in: its camera, so one camera's frames never push out another's. */
-function cameraOf(msg: NodeMessage): string {
-  const frame = (msg as { frame?: { camera?: unknown } }).frame;
-  return frame && frame.camera !== undefined ? String(frame.camera) : '';
-}
 
 module.exports = function (RED: NodeAPI) {
   function MlInference(this: Node, config: NodeDef) {
@@ -207,7 +203,7 @@ module.exports = function (RED: NodeAPI) {
           queueMs: started - job.arrived,
           totalMs: Date.now() - job.arrived,
           dropped: queue.dropped(job.camera),
-        };
+        } satisfies InferenceInfo;
         meter.tick();
         job.send(job.msg);
         job.done();

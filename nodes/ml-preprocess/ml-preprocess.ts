@@ -1,5 +1,6 @@
 /** ml-preprocess: image Buffer -> model input tensor (sharp), settings from the model or the dialog. */
 import { SupersededError } from '../lib/limiter';
+import { cameraOf, frameOf, PreprocessInfo } from '../lib/messages';
 import { imageToTensor } from '../lib/preprocess';
 import { PreprocessSpec, validatePreprocessSpec, validateRoi } from '../lib/preprocess-spec';
 import { errorMessage, Node, NodeAPI, NodeDef, NodeMessage } from '../lib/red-types';
@@ -66,8 +67,7 @@ module.exports = function (RED: NodeAPI) {
       try {
         const spec = await currentSpec(msg);
         const image = msg.payload as Buffer;
-        const camera = (msg as { frame?: { camera?: unknown } }).frame?.camera;
-        const result = await imageToTensor(image, spec, camera === undefined ? undefined : String(camera));
+        const result = await imageToTensor(image, spec, frameOf(msg) ? cameraOf(msg) : undefined);
         msg.image = image; // the original frame travels on for saving or display
         msg.payload = result.tensor;
         msg.preprocess = {
@@ -80,7 +80,7 @@ module.exports = function (RED: NodeAPI) {
           resize: spec.resize,
           // Exactly which part of the frame went where in the input: ml-inference maps boxes back with it.
           geometry: result.geometry,
-        };
+        } satisfies PreprocessInfo;
         const now = Date.now();
         if (now - lastStatusAt >= 500) {
           // At video rates and with many cameras a status per frame costs more than it tells.

@@ -1,4 +1,5 @@
 /** ml-route: one output per rule plus an "uncertain" output, on the prediction from ml-inference. */
+import type { RouteInfo } from '../lib/messages';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
 import { Router, validateRules } from './routing';
 
@@ -48,7 +49,7 @@ module.exports = function (RED: NodeAPI) {
         const { label, score } = predictionOf(msg);
         const camera = String((msg.frame as { camera?: unknown } | undefined)?.camera ?? 'default');
         const decision = router.decide(label, score, camera);
-        msg.route = { bin: decision.bin, output: decision.output, reason: decision.reason, threshold: decision.threshold, agreeing: decision.agreeing };
+        msg.route = { bin: decision.bin, output: decision.output, reason: decision.reason, threshold: decision.threshold, agreeing: decision.agreeing } satisfies RouteInfo;
         if (decision.output === null) {
           node.status({ fill: 'yellow', shape: 'ring', text: `${label}: ${decision.agreeing} of ${router.options.consecutive} frames agree` });
           return done(); // held until enough frames agree
