@@ -2,6 +2,7 @@
  * ml-annotate: draws what ml-inference found (boxes, labels and scores, or the classification
  * label) onto the frame, as a JPEG. The drawing is in lib/annotate.ts; this file wires it up.
  */
+import { failMessage, showError } from '../lib/node-status';
 import { annotateImage, AnnotateOptions, overlayFor } from '../lib/annotate';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 
@@ -20,7 +21,7 @@ module.exports = function (RED: NodeAPI) {
       };
     } catch (err) {
       settingError = `annotation not started: ${errorMessage(err)}`;
-      node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
+      showError(node, errorMessage(err));
       node.error(settingError);
     }
     let lastStatusAt = 0;
@@ -51,8 +52,7 @@ module.exports = function (RED: NodeAPI) {
         send(msg);
         done();
       } catch (err) {
-        node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
-        done(err as Error);
+        failMessage(node, done, err);
       }
     });
   }
