@@ -11,6 +11,12 @@ weights are copied under a prefix (m0/, m1/ ...), all read the one `input`, and 
 their logits into `logits`; opset, batch dimension and metadata contract stay those of the members,
 and the `training` metadata describes the ensemble and each member.
 
+With --resize-members, members may take a different input size (everything else in `preprocess`
+the same, NCHW): the ensemble keeps the FIRST member's input and pre-processing, and each member of
+another size reads that input resized to its own (a Resize node, bilinear without antialiasing).
+Such a member is then also evaluated as it runs inside the ensemble (resized input) beside its own
+pre-processing, since the resize moves its accuracy a little.
+
 Weights are stored as float16 by default (--weights float32 keeps them as they are): each float16
 initialiser feeds a Cast to float32, which onnxruntime folds into a constant when it loads the
 model, so inference still runs in float32 at the same speed while the file is half the size.
@@ -47,6 +53,8 @@ def parse_args():
                    help="photo folder for the evaluation")
     p.add_argument("--split", default=os.path.join(HERE, "split", "val.txt"), help="validation list")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="only merge and check the graph")
+    p.add_argument("--resize-members", action="store_true",
+                   help="allow members with another input size: they read the first member's input, resized")
     return p.parse_args()
 
 
@@ -101,29 +109,70 @@ def store_float16(nodes, inits):
     return casts + nodes, stored
 
 
-def merge(members, weights):
+def member_size(model):
+    """(width, height) when the member's input must be resized from the ensemble's, else None."""
+    pre = json.loads(metadata(model)["preprocess"])
+    return pre["width"], pre["height"]
+
+
+def same_preprocess(a, b, resize):
+    if not resize:
+        return a == b
+    strip = lambda p: {k: v for k, v in json.loads(p).items() if k not in ("width", "height")}
+    return a is not None and b is not None and strip(a) == strip(b) and json.loads(a).get("layout") == "NCHW"
+
+
+def resize_nodes(prefix, size):
+    """input [N, C, h0, w0] -> prefix + 'resized_input' [N, C, height, width], bilinear."""
+    width, height = size
+    out = prefix + "resized_input"
+    inits = [numpy_helper.from_array(np.array([0], np.int64), prefix + "resize/start"),
+             numpy_helper.from_array(np.array([2], np.int64), prefix + "resize/end"),
+             numpy_helper.from_array(np.array([height, width], np.int64), prefix + "resize/hw")]
+    nodes = [
+        helper.make_node("Shape", ["input"], [prefix + "resize/shape"], name=prefix + "resize/shape"),
+        helper.make_node("Slice", [prefix + "resize/shape", prefix + "resize/start", prefix + "resize/end"],
+                         [prefix + "resize/nc"], name=prefix + "resize/nc"),
+        helper.make_node("Concat", [prefix + "resize/nc", prefix + "resize/hw"], [prefix + "resize/sizes"],
+                         name=prefix + "resize/sizes", axis=0),
+        helper.make_node("Resize", ["input", "", "", prefix + "resize/sizes"], [out], name=prefix + "resize",
+                         mode="linear", coordinate_transformation_mode="half_pixel"),
+    ]
+    return nodes, inits, out
+
+
+def merge(members, weights, resize=False, input_model=None):
+    """input_model (default: the first member) gives the ensemble its input and pre-processing."""
     models = [onnx.load(p) for p in members]
-    first = metadata(models[0])
+    reference = input_model or models[0]
+    first = metadata(reference)
     for path, m in zip(members, models):
         meta = metadata(m)
         for key in CONTRACT_KEYS:
-            if meta.get(key) != first.get(key):
+            same = same_preprocess(meta.get(key), first.get(key), resize) if key == "preprocess" else \
+                meta.get(key) == first.get(key)
+            if not same:
                 sys.exit(f"{path}: metadata {key!r} differs from {members[0]}'s; members must share labels, "
-                         "pre-processing and output")
-        if [(o.domain, o.version) for o in m.opset_import] != [(o.domain, o.version) for o in models[0].opset_import]:
+                         "pre-processing and output" + ("" if resize else " (--resize-members allows another input size)"))
+        if [(o.domain, o.version) for o in m.opset_import] != [(o.domain, o.version) for o in reference.opset_import]:
             sys.exit(f"{path}: opset differs from {members[0]}'s")
     nodes, inits, infos, outputs = [], [], [], []
-    shared_input = None
+    _, _, _, ref_inp, _, ref_out = rename_member(reference, "ref/", "input")
+    shared_input = onnx.ValueInfoProto()
+    shared_input.CopyFrom(ref_inp)
+    shared_input.name = "input"
+    out_info = onnx.ValueInfoProto()
+    out_info.CopyFrom(ref_out)
+    out_info.name = "logits"
     for i, m in enumerate(models):
-        n, t, v, inp, out_name, out = rename_member(m, f"m{i}/", "input")
-        if shared_input is None:
-            shared_input = onnx.ValueInfoProto()
-            shared_input.CopyFrom(inp)
-            shared_input.name = "input"
-            out_info = onnx.ValueInfoProto()
-            out_info.CopyFrom(out)
-            out_info.name = "logits"
-        elif inp.type != shared_input.type:
+        prefix = f"m{i}/"
+        member_input = "input"
+        if member_size(m) != member_size(reference):
+            r_nodes, r_inits, member_input = resize_nodes(prefix, member_size(m))
+            nodes += r_nodes
+            inits += r_inits
+        n, t, v, inp, out_name, out = rename_member(m, prefix, member_input)
+        if member_input == "input" and inp.type != shared_input.type:
             sys.exit(f"{members[i]}: input type/shape differs from {members[0]}'s")
         nodes += n
         inits += t
@@ -151,7 +200,7 @@ def main():
     args = parse_args()
     if len(args.members) < 2:
         sys.exit("an ensemble needs at least two members")
-    model, members = merge(args.members, args.weights)
+    model, members = merge(args.members, args.weights, args.resize_members)
     member_training = []
     for path, m in zip(args.members, members):
         t = metadata(m).get("training", "{}")
@@ -182,8 +231,21 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         ens = evaluate(tmp, args, workdir, "ensemble")
         evals = [evaluate(p, args, workdir, f"member{i}") for i, p in enumerate(args.members)]
+        # A resized member, alone, as it runs inside the ensemble (the ensemble's input, resized).
+        inside = []
+        for i, (p, m) in enumerate(zip(args.members, members)):
+            if member_size(m) == member_size(members[0]):
+                inside.append(evals[i])
+                continue
+            alone, _ = merge([p], args.weights, True, input_model=members[0])
+            for k, v in metadata(members[0]).items():
+                e = alone.metadata_props.add()
+                e.key, e.value = k, v
+            alone_path = os.path.join(workdir, f"member{i}-resized.onnx")
+            onnx.save(alone, alone_path)
+            inside.append(evaluate(alone_path, args, workdir, f"member{i}-resized"))
     ens_logits = np.array([r["logits"] for r in ens["logits"]])
-    mean_logits = np.mean([[r["logits"] for r in e["logits"]] for e in evals], axis=0)
+    mean_logits = np.mean([[r["logits"] for r in e["logits"]] for e in inside], axis=0)
     deviation = float(np.abs(ens_logits - mean_logits).max())
     same_top1 = int((ens_logits.argmax(1) == mean_logits.argmax(1)).sum())
     print(f"ensemble vs mean of the members' logits: max difference {deviation:.2e}, same top-1 on "
@@ -213,14 +275,16 @@ def main():
         "validation_photos": ens["photos"],
         "validation": strip(ens),
         "check": {"max_abs_difference_from_member_mean": deviation, "same_top1_as_member_mean": same_top1},
-        "members": [{"file": os.path.basename(p), "training": t["training"], "validation": strip(e)}
-                    for p, t, e in zip(args.members, member_training, evals)],
+        "members": [dict({"file": os.path.basename(p), "training": t["training"], "validation": strip(e)},
+                         **({"validation_inside_ensemble_resized_input": strip(r)} if r is not e else {}))
+                    for p, t, e, r in zip(args.members, member_training, evals, inside)],
     }
     metrics_path = args.metrics or os.path.splitext(args.out)[0] + ".metrics.json"
     with open(metrics_path, "w") as fh:
         json.dump(summary, fh, indent=2)
     print(f"validation accuracy through the pipeline: ensemble {ens['accuracy']}, members "
-          + ", ".join(str(e["accuracy"]) for e in evals), flush=True)
+          + ", ".join(str(e["accuracy"]) + (f" ({r['accuracy']} on the resized input)" if r is not e else "")
+                      for e, r in zip(evals, inside)), flush=True)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB) and {metrics_path}", flush=True)
 
 
