@@ -42,9 +42,14 @@ def parse_args():
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--epochs", type=int, default=160)
     p.add_argument("--budget-min", type=float, default=0,
-                   help="if >0, cut the epoch count after epoch 1 so training fits this many minutes")
+                   help="if >0, cut the epoch count (after every epoch, from the epochs' measured times) "
+                        "so training fits this many minutes")
+    p.add_argument("--widths", default="32,64,128,256",
+                   help="channels of the network's four residual stages (net.py)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in channels-last memory layout (same network, about 1.5x faster on CPUs with oneDNN)")
     p.add_argument("--seed", type=int, default=20261126)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--cache-dir", default=os.path.join(here, "cache"))
@@ -156,7 +161,7 @@ def augment(batch_u8, out_hw, gen):
     theta[:, 1, 2] = ty
     grid = F.affine_grid(theta, (n, 3, out_hw[0], out_hw[1]), align_corners=False)
     if H > out_hw[0] * 1.5:
-        x = F.interpolate(x, scale_factor=0.5, mode="area")  # avoid aliasing on strong down-sampling
+        x = F.avg_pool2d(x, 2)  # halve first: avoids aliasing on strong down-sampling
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
@@ -167,10 +172,11 @@ def augment(batch_u8, out_hw, gen):
     x = mean_gray + (x - mean_gray) * contrast
     x = x * (0.65 + rnd(n, 1, 1, 1) * 0.7)  # brightness
     x = x * (0.9 + rnd(n, 3, 1, 1) * 0.2)  # white balance / colour temperature
-    blur = rnd(n, 1, 1, 1) < 0.2
-    if blur.any():
-        k = torch.ones(3, 1, 3, 3) / 9.0
-        x = torch.where(blur, F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3), x)
+    blur = (rnd(n, 1, 1, 1) < 0.2).view(-1).nonzero().view(-1)
+    if len(blur):
+        # 3x3 box blur of the chosen frames only (blurring the whole batch and selecting cost a third
+        # of the augmentation time)
+        x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     x = x + torch.randn(x.shape, generator=gen) * (rnd(n, 1, 1, 1) * 6.0)
     return x.clamp(0, 255)
 
@@ -292,7 +298,10 @@ def main():
     val_y = torch.tensor([c for _, c in val_items])
     print(f"decoded photos in {time.time() - t0:.0f} s", flush=True)
 
-    model = WasteNet(len(classes))
+    widths = tuple(int(w) for w in args.widths.split(","))
+    model = WasteNet(len(classes), widths=widths)
+    print(f"network: widths {widths}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"input {args.width} x {args.height}", flush=True)
     if args.export_only:
         checkpoint = torch.load(args.export_only)
         model.load_state_dict(checkpoint["model"])
@@ -301,6 +310,8 @@ def main():
         finish(args, classes, model, ema, val_x, val_y, len(train_items), checkpoint["epochs"], checkpoint.get("history", []),
                checkpoint.get("train_minutes", 0))
         return
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     ema = Ema(model, 0.998)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(train_items) / args.batch)
@@ -309,6 +320,7 @@ def main():
     step = 0
     history = []
     t_train = time.time()
+    epoch_times = []
     epoch = 0
     while epoch < epochs:
         epoch += 1
@@ -325,7 +337,7 @@ def main():
                 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x = normalise(augment(train_x[idx], (args.height, args.width), gen))
+            x = normalise(augment(train_x[idx], (args.height, args.width), gen)).contiguous(memory_format=memory_format)
             y = F.one_hot(train_y[idx], len(classes)).float() * 0.9 + 0.1 / len(classes)  # label smoothing
             if torch.rand(1, generator=gen).item() < 0.5:
                 x, y = cutmix(x, y, gen)
@@ -337,10 +349,15 @@ def main():
             step += 1
             total_loss += loss.item()
         dt = time.time() - t_epoch
-        if epoch == 1 and args.budget_min > 0:
-            fit = max(10, int(args.budget_min * 60 / dt))
+        epoch_times.append(dt)
+        if args.budget_min > 0:
+            # Re-estimated after every epoch from the recent epochs' times (the machine may get busier
+            # or quieter); the count only ever shrinks, so the cosine schedule ends early rather than late.
+            recent = sorted(epoch_times[-10:])[len(epoch_times[-10:]) // 2]
+            left = args.budget_min * 60 - (time.time() - t_train)
+            fit = max(10, epoch + int(left / max(recent, 1e-3)))
             if fit < epochs:
-                print(f"epoch takes {dt:.0f} s: cutting {epochs} epochs to {fit} to fit {args.budget_min} min", flush=True)
+                print(f"epochs take {recent:.0f} s: cutting {epochs} epochs to {fit} to fit {args.budget_min} min", flush=True)
                 epochs = fit
         line = f"epoch {epoch}/{epochs} loss {total_loss / steps_per_epoch:.3f} lr {lr:.4f} {dt:.0f}s"
         if epoch % 5 == 0 or epoch == epochs:
@@ -362,6 +379,7 @@ def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history
     raw = metrics(predict(model, val_x), val_y, classes)
     model.load_state_dict(ema.shadow)
     ema_only = metrics(predict(model, val_x), val_y, classes)
+    model = model.to(memory_format=torch.contiguous_format)
     exported = FlipAveraged(model) if args.flip_average else model
     final = metrics(predict(exported, val_x), val_y, classes)
     print(f"validation accuracy: last weights {raw['accuracy']}, EMA weights {ema_only['accuracy']}, "
@@ -370,7 +388,8 @@ def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history
         "classes": classes, "train_photos": train_count, "validation_photos": len(val_y),
         "epochs": epochs, "seed": args.seed, "train_minutes": round(train_minutes, 1), "threads": args.threads,
         "validation_last_weights": raw["accuracy"], "validation_ema_weights": ema_only["accuracy"],
-        "flip_average": args.flip_average, "validation": final, "history": history,
+        "flip_average": args.flip_average, "input": [args.width, args.height], "widths": args.widths,
+        "validation": final, "history": history,
         "torch": torch.__version__,
     }
     model = exported

@@ -1,0 +1,74 @@
+#!/usr/bin/env node
+// Accuracy of a classifier on the validation photos through the collection's own pipeline (sharp
+// pre-processing as the model's metadata says, onnxruntime-node, the nodes' classification), the
+// same path test/model-accuracy.test.js measures. Prints accuracy, per-class precision/recall and
+// the confusion matrix; --json writes them (and, with --logits, every photo's logits) to a file.
+// Usage: npx tsc -p . && node tools/evaluate.js [--model models/waste-classifier.onnx] [--json out.json] [--logits]
+const fs = require('fs');
+const path = require('path');
+const ort = require('onnxruntime-node');
+
+const root = path.resolve(__dirname, '..');
+const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
+const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
+const { classify } = require(path.join(root, 'nodes/lib/classification'));
+
+const args = process.argv.slice(2);
+const option = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const modelPath = path.resolve(option('model', path.join(root, 'models', 'waste-classifier.onnx')));
+const dataset = path.resolve(option('data', path.resolve(root, '..', 'shared', 'datasets', 'trashnet')));
+const splitFile = path.resolve(option('split', path.join(root, 'tools', 'train', 'split', 'val.txt')));
+const jsonOut = option('json', '');
+const keepLogits = args.includes('--logits');
+
+async function main() {
+  const bytes = fs.readFileSync(modelPath);
+  const { labels, preprocess } = describeModel(readOnnxMetadataProps(bytes));
+  const photos = fs.readFileSync(splitFile, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))
+    .map((rel) => ({ rel, label: rel.split('/')[0] }));
+  const session = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: 'all' });
+  const k = labels.length;
+  const matrix = labels.map(() => new Array(k).fill(0));
+  const logits = [];
+  try {
+    for (const { rel, label } of photos) {
+      const { tensor } = await imageToTensor(fs.readFileSync(path.join(dataset, rel)), preprocess);
+      const out = await session.run({ [session.inputNames[0]]: new ort.Tensor(tensor.type, tensor.data, tensor.dims) });
+      const values = out[session.outputNames[0]].data;
+      const predicted = classify(values, labels, 1).label;
+      matrix[labels.indexOf(label)][labels.indexOf(predicted)]++;
+      if (keepLogits) logits.push({ photo: rel, logits: Array.from(values) });
+    }
+  } finally {
+    await session.release();
+  }
+  const right = labels.reduce((s, _, i) => s + matrix[i][i], 0);
+  const round = (x) => Math.round(x * 1e4) / 1e4;
+  const perClass = Object.fromEntries(labels.map((c, i) => {
+    const predictedAs = matrix.reduce((s, row) => s + row[i], 0);
+    const support = matrix[i].reduce((a, b) => a + b, 0);
+    return [c, { precision: round(matrix[i][i] / Math.max(predictedAs, 1)), recall: round(matrix[i][i] / Math.max(support, 1)), support }];
+  }));
+  const result = {
+    model: path.relative(root, modelPath),
+    bytes: bytes.length,
+    photos: photos.length,
+    correct: right,
+    accuracy: round(right / photos.length),
+    per_class: perClass,
+    confusion_matrix: { rows_true_cols_predicted: labels, matrix },
+  };
+  console.log(`${result.model}: ${(100 * right / photos.length).toFixed(1)} % (${right}/${photos.length}), ${(bytes.length / 1e6).toFixed(2)} MB`);
+  for (const [c, v] of Object.entries(perClass)) console.log(`  ${c.padEnd(10)} precision ${v.precision.toFixed(2)} recall ${v.recall.toFixed(2)} (${v.support})`);
+  console.log(`  confusion (rows true, columns predicted, ${labels.join(' ')}):`);
+  for (const [i, row] of matrix.entries()) console.log(`  ${labels[i].padEnd(10)} ${row.map((n) => String(n).padStart(4)).join('')}`);
+  if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(keepLogits ? { ...result, logits } : result, null, 2) + '\n');
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
