@@ -1,0 +1,199 @@
+// The live view of ml-annotate in the editor: the throttle and the session bookkeeping directly, then a
+// real Node-RED process (test-pattern camera -> ml-preprocess -> ml-inference -> ml-annotate) with the
+// editor in headless Chromium: an <image> of a JPEG thumbnail appears under the annotate node, is
+// updated no more often than the node's limit, and goes away when the live view is switched off.
+// A second process with a login checks at the WebSocket that only users allowed to read flows get frames.
+const { test, describe } = require('node:test');
+const assert = require('node:assert/strict');
+const { EventEmitter } = require('events');
+const fs = require('fs');
+const path = require('path');
+const sharp = require('sharp');
+const { LiveViewThrottle, LiveViewHub, NodeLiveView, hasPermission, mayView, liveViewAllowed, VIEWER_TOPIC } = require('../nodes/lib/live-view');
+const { ROOT, tmpDir, freePort, sleep, until, nodeRedUserDir, startNodeRed } = require('./helpers');
+
+const MODEL = path.join(__dirname, 'fixtures', 'models', 'detect-yolov8.onnx');
+const frame = () => sharp({ create: { width: 640, height: 480, channels: 3, background: { r: 30, g: 90, b: 150 } } }).jpeg().toBuffer();
+
+describe('pure modules', () => {
+  test('the throttle lets one frame through per interval, and none while one is being encoded', () => {
+    let now = 1000;
+    const t = new LiveViewThrottle(500, () => now);
+    assert.equal(t.take(), true, 'the first frame');
+    assert.equal(t.take(), false, 'busy: the first is still being encoded');
+    t.done();
+    now += 499;
+    assert.equal(t.take(), false, 'inside the interval');
+    now += 1;
+    assert.equal(t.take(), true, 'the interval has passed');
+    now += 2000;
+    assert.equal(t.take(), false, 'still busy, however long it takes');
+    t.done();
+    assert.equal(t.take(), true);
+  });
+
+  test('permissions as Node-RED checks them: flows.read with read, *, or the permission itself', () => {
+    for (const scope of ['*', 'read', '*.read', 'flows.read', ['status.read', 'flows.read']]) assert.equal(hasPermission(scope, 'flows.read'), true, JSON.stringify(scope));
+    for (const scope of ['status.read', 'write', ['status.read'], [], undefined, '']) assert.equal(hasPermission(scope, 'flows.read'), false, JSON.stringify(scope));
+    assert.equal(mayView(null), true, 'no login configured: everyone may read the flows');
+    assert.equal(mayView({ username: 'ops', permissions: ['status.read'] }), false);
+    assert.equal(mayView({ anonymous: true, permissions: 'read' }), true);
+  });
+
+  test('the runtime setting switches the live view off with false or "off"', () => {
+    assert.equal(liveViewAllowed({}), true);
+    assert.equal(liveViewAllowed({ mlAnnotateLiveView: true }), true);
+    for (const v of [false, 'off', 'false', 0]) assert.equal(liveViewAllowed({ mlAnnotateLiveView: v }), false, String(v));
+  });
+
+  test('frames go only to visible sessions that said hello and may read flows, and nothing is encoded without one', async () => {
+    const events = new EventEmitter();
+    const sent = [];
+    events.on('comms', (m) => sent.push(m));
+    const hub = new LiveViewHub(events);
+    let now = 0;
+    const view = new NodeLiveView(hub, 'n1', { rate: 2, size: 64, now: () => now });
+    const image = await frame();
+    const offer = async (img = image) => { await view.offer(img); };
+    // Nobody watches: the frame is not touched (an invalid image would otherwise be "encoded" and fail quietly).
+    await offer(Buffer.from('not an image'));
+    assert.equal(view.shown, 0);
+    assert.deepEqual(sent, []);
+    events.emit(`comms:message:${VIEWER_TOPIC}`, { session: 'reader', user: { username: 'a', permissions: 'read' }, data: { visible: true } });
+    events.emit(`comms:message:${VIEWER_TOPIC}`, { session: 'status-only', user: { username: 'b', permissions: ['status.read'] }, data: { visible: true } });
+    events.emit(`comms:message:${VIEWER_TOPIC}`, { session: 'hidden', user: null, data: { visible: false } });
+    assert.deepEqual(hub.viewers(), ['reader']);
+    await offer();
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0].session, 'reader');
+    assert.equal(sent[0].topic, 'ml-live-view/n1');
+    assert.equal(sent[0].retain, false);
+    const thumb = await sharp(Buffer.from(sent[0].data.image, 'base64')).metadata();
+    assert.deepEqual([thumb.format, thumb.width, thumb.height], ['jpeg', 64, 48]);
+    assert.deepEqual([sent[0].data.width, sent[0].data.height], [64, 48]);
+    now += 100;
+    await offer();
+    assert.equal(sent.length, 1, 'inside the 500 ms interval: dropped');
+    // The hidden tab becomes visible; the reader logs out (connection removed).
+    events.emit(`comms:message:${VIEWER_TOPIC}`, { session: 'hidden', user: null, data: { visible: true } });
+    events.emit('comms:connection-removed', { session: 'reader' });
+    now += 500;
+    await offer();
+    assert.deepEqual(sent.slice(1).map((m) => m.session), ['hidden']);
+    // A session that logs in again as a user without flows.read stops getting frames.
+    events.emit('comms:connection-added', { session: 'hidden', user: { username: 'c', permissions: ['status.read'] } });
+    assert.equal(hub.hasViewers(), false);
+    now += 500;
+    await offer();
+    assert.equal(sent.length, 2);
+  });
+});
+
+/**
+ * The test flow, with the example flow's nodes (every setting the editor checks): the test pattern at
+ * 10 frames/s into the detector, annotated, with the live view on at 2 updates a second.
+ */
+function flow() {
+  const demo = JSON.parse(fs.readFileSync(path.join(ROOT, 'flows', 'detection-demo.json'), 'utf8'));
+  const byId = (id) => demo.find((n) => n.id === id);
+  return [
+    { id: 'tab', type: 'tab', label: 'live view' },
+    { ...byId('detect-model'), id: 'model', path: MODEL, watch: false },
+    { ...byId('detect-camera'), id: 'camera', z: 'tab', x: 120, y: 80, source: '', interval: 100, wires: [['pre'], []] },
+    { ...byId('detect-preprocess'), id: 'pre', z: 'tab', x: 280, y: 80, model: 'model', wires: [['infer']] },
+    { ...byId('detect-inference'), id: 'infer', z: 'tab', x: 440, y: 80, model: 'model', wires: [['annotate']] },
+    { ...byId('detect-annotate'), id: 'annotate', z: 'tab', x: 600, y: 80, liveView: true, liveViewRate: 2, liveViewSize: 160, wires: [[]] },
+  ];
+}
+
+describe('in the editor', () => {
+  test('an image of the newest annotated frame shows under the node, at most twice a second, and goes when switched off', { timeout: 60_000 }, async () => {
+    const work = tmpDir('gg-ml-live-');
+    const port = await freePort();
+    const proc = startNodeRed(nodeRedUserDir(work, flow()), port);
+    const { chromium } = require('playwright-core');
+    let browser;
+    try {
+      await until(() => /Started flows/.test(proc.log), 30_000, `Node-RED to start: ${proc.log}`);
+      browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking'] });
+      const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+      const errors = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(proc.base);
+      await page.waitForSelector('#annotate', { timeout: 30_000 }); // the node's <g> in the flow
+      // First-run prompts a new user closes: update notifications, the welcome tour.
+      for (let i = 0; i < 20; i++) {
+        const notifications = page.getByText('No, do not enable notifications');
+        if (await notifications.isVisible()) await notifications.click();
+        const tour = page.locator('.red-ui-tourGuide-popover button:has(i.fa-times)');
+        if (await tour.isVisible()) await tour.click();
+        if (!(await page.locator('.red-ui-shade:visible, .red-ui-tourGuide-shade:visible').count()) && i > 3) break;
+        await page.waitForTimeout(250);
+      }
+      // Every frame message the editor receives, and every change of the image's href.
+      await page.evaluate(() => {
+        window.liveLog = { messages: [], hrefs: [] };
+        RED.comms.subscribe('ml-live-view/+', (topic, data) => window.liveLog.messages.push({ at: Date.now(), topic, clear: !!data.clear }));
+        new MutationObserver((records) => {
+          for (const r of records) {
+            if (r.type === 'attributes' && r.target.id === 'ml-live-view-annotate') window.liveLog.hrefs.push(Date.now());
+            for (const n of r.addedNodes || []) if (n.id === 'ml-live-view-annotate') window.liveLog.hrefs.push(Date.now());
+          }
+        }).observe(document.getElementById('red-ui-workspace-chart'), { subtree: true, childList: true, attributes: true, attributeFilter: ['href'] });
+      });
+      const image = await page.waitForSelector('#annotate image#ml-live-view-annotate', { state: 'attached', timeout: 20_000 });
+      const shown = await image.evaluate((el) => ({
+        href: el.getAttribute('href'), y: Number(el.getAttribute('y')), width: Number(el.getAttribute('width')), height: Number(el.getAttribute('height')),
+        parent: el.parentNode.id, tag: el.tagName, ns: el.namespaceURI,
+      }));
+      assert.equal(shown.parent, 'annotate', 'inside the node\'s group');
+      assert.equal(shown.tag, 'image');
+      assert.equal(shown.ns, 'http://www.w3.org/2000/svg');
+      assert.ok(shown.y >= 30, `below the node (y ${shown.y})`);
+      const m = /^data:image\/jpeg;base64,(.+)$/.exec(shown.href);
+      assert.ok(m, `a JPEG data URL: ${shown.href.slice(0, 40)}`);
+      const meta = await sharp(Buffer.from(m[1], 'base64')).metadata();
+      assert.deepEqual([meta.format, meta.width, meta.height], ['jpeg', 160, 120], 'a 160 px thumbnail of the 640 x 480 frame');
+      assert.deepEqual([shown.width, shown.height], [160, 120]);
+
+      // The camera gives 10 frames a second; the node shows at most 2.
+      const from = await page.evaluate(() => Date.now());
+      await sleep(3200);
+      const { messages, hrefs } = await page.evaluate(() => window.liveLog);
+      const frames = messages.filter((x) => !x.clear && x.at >= from).map((x) => x.at);
+      assert.ok(frames.length >= 3 && frames.length <= 8, `about 2 frames a second over 3.2 s, got ${frames.length}`);
+      const gaps = frames.slice(1).map((t, i) => t - frames[i]);
+      // The comms connection sends in 50 ms batches: allow that much jitter on the 500 ms interval.
+      assert.ok(Math.min(...gaps) >= 400, `no two frames closer than the limit allows: ${gaps}`);
+      const hrefChanges = hrefs.filter((t) => t >= from);
+      assert.ok(hrefChanges.length >= 3 && hrefChanges.length <= frames.length + 1, `the image follows the frames: ${hrefChanges.length} updates for ${frames.length} frames`);
+
+      // Switched off in the dialog: the image goes at once, and after the deploy no frame comes.
+      await page.evaluate(() => RED.editor.edit(RED.nodes.node('annotate')));
+      await page.waitForSelector('#node-input-liveView', { state: 'visible', timeout: 10_000 });
+      assert.equal(await page.isChecked('#node-input-liveView'), true);
+      await page.uncheck('#node-input-liveView');
+      assert.equal(await page.isVisible('#node-input-liveViewRate'), false, 'the rate is hidden with the live view off');
+      await page.evaluate(() => $('.red-ui-tray').last().find('.red-ui-tray-header button.primary').trigger('click'));
+      await page.waitForSelector('#ml-live-view-annotate', { state: 'detached', timeout: 5_000 });
+      const logBefore = proc.log.length;
+      await page.click('#red-ui-header-button-deploy');
+      await until(() => /Started (modified nodes|flows)/.test(proc.log.slice(logBefore)), 20_000, `the redeploy: ${proc.log.slice(logBefore)}`);
+      const flows = await (await fetch(`${proc.base}/flows`)).json();
+      assert.equal(flows.find((n) => n.id === 'annotate').liveView, false, 'deployed with the live view off');
+      await sleep(700); // a frame already on its way when the flow stopped
+      const settled = await page.evaluate(() => window.liveLog.messages.filter((x) => !x.clear).length);
+      await sleep(2000);
+      const after = await page.evaluate(() => window.liveLog);
+      assert.equal(after.messages.filter((x) => !x.clear).length, settled, 'no frames once the live view is off');
+      assert.equal(await page.$('#ml-live-view-annotate'), null, 'no image under the node');
+      assert.match(proc.log, /Started flows/);
+      assert.deepEqual(errors, [], 'no script errors in the editor');
+    } finally {
+      if (browser) await browser.close();
+      proc.red.kill('SIGTERM');
+      await proc.exited();
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
+});
