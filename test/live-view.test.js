@@ -197,3 +197,83 @@ describe('in the editor', () => {
     }
   });
 });
+
+describe('with a login', () => {
+  test('only editor sessions of users allowed to read flows get frames; a session without a login gets nothing', { timeout: 60_000 }, async () => {
+    const bcrypt = require('bcryptjs');
+    const WebSocket = require(require.resolve('ws', { paths: [path.dirname(require.resolve('@node-red/editor-api/package.json'))] }));
+    const work = tmpDir('gg-ml-live-auth-');
+    const port = await freePort();
+    const userDir = nodeRedUserDir(work, flow());
+    const password = bcrypt.hashSync('secret', 8);
+    fs.writeFileSync(path.join(userDir, 'settings.js'), `module.exports = ${JSON.stringify({
+      flowFile: 'flows.json',
+      editorTheme: { tours: false },
+      adminAuth: {
+        type: 'credentials',
+        users: [
+          { username: 'reader', password, permissions: 'read' },
+          { username: 'ops', password, permissions: ['status.read'] },
+        ],
+      },
+    })};\n`);
+    const proc = startNodeRed(userDir, port);
+    const sockets = [];
+    try {
+      await until(() => /Started flows/.test(proc.log), 30_000, `Node-RED to start: ${proc.log}`);
+      const token = async (username, scope) => {
+        const answer = await fetch(`${proc.base}/auth/token`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ client_id: 'node-red-editor', grant_type: 'password', scope, username, password: 'secret' }),
+        });
+        assert.equal(answer.status, 200, `${username} logs in`);
+        return (await answer.json()).access_token;
+      };
+      /** An editor's comms session, as the editor opens it: authenticate, then say it shows live views. */
+      const session = (accessToken) => new Promise((resolve, reject) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${port}/comms`);
+        sockets.push(ws);
+        const s = { frames: 0, statuses: 0, auth: undefined };
+        ws.on('error', reject);
+        ws.on('open', () => {
+          if (accessToken) {
+            ws.send(JSON.stringify({ auth: accessToken })); // the hello follows the login's answer, as in the editor
+          } else {
+            ws.send(JSON.stringify({ topic: 'ml-live-view-viewer', data: { visible: true } }));
+            resolve(s);
+          }
+        });
+        ws.on('message', (data) => {
+          const message = JSON.parse(data);
+          if (message.auth) {
+            s.auth = message.auth;
+            if (message.auth === 'ok') ws.send(JSON.stringify({ topic: 'ml-live-view-viewer', data: { visible: true } }));
+            resolve(s);
+            return;
+          }
+          for (const m of message) {
+            if (m.topic === 'ml-live-view/annotate' && m.data.image) s.frames++;
+            if (m.topic.startsWith('status/')) s.statuses++;
+          }
+        });
+        ws.on('close', () => resolve(s));
+      });
+      const reader = await session(await token('reader', 'read'));
+      const ops = await session(await token('ops', 'status.read'));
+      const anonymous = await session(null);
+      assert.equal(reader.auth, 'ok');
+      assert.equal(ops.auth, 'ok');
+      await until(() => reader.frames >= 2, 20_000, 'frames for the user who may read flows');
+      await sleep(1000);
+      assert.ok(ops.statuses > 0, 'the status-only user is connected and gets node statuses');
+      assert.equal(ops.frames, 0, 'but no frames: it may not read flows');
+      assert.equal(anonymous.frames, 0, 'no frames without a login');
+    } finally {
+      for (const ws of sockets) ws.terminate();
+      proc.red.kill('SIGTERM');
+      await proc.exited();
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
+});
