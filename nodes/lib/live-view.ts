@@ -27,7 +27,8 @@ export const MAX_SIZE = 320;
 
 /**
  * At most one frame per interval, and none while the previous one is still being encoded: the
- * decision is made before any work on the frame.
+ * decision is made before any work on the frame. The interval counts from when the previous frame
+ * was sent, so frames leave at least an interval apart however long each took to encode.
  */
 export class LiveViewThrottle {
   private last = -Infinity;
@@ -35,17 +36,16 @@ export class LiveViewThrottle {
 
   constructor(readonly intervalMs: number, private readonly now: () => number = Date.now) {}
 
-  /** True when a frame may be shown now; the caller then shows it and calls done(). */
+  /** True when a frame may be shown now; the caller then shows it and calls done() once it is sent (or dropped). */
   take(): boolean {
-    const now = this.now();
-    if (this.busy || now - this.last < this.intervalMs) return false;
-    this.last = now;
+    if (this.busy || this.now() - this.last < this.intervalMs) return false;
     this.busy = true;
     return true;
   }
 
   done(): void {
     this.busy = false;
+    this.last = this.now();
   }
 }
 
