@@ -3,14 +3,14 @@
 // editor in headless Chromium: an <image> of a JPEG thumbnail appears under the annotate node, is
 // updated no more often than the node's limit, and goes away when the live view is switched off.
 // A second process with a login checks at the WebSocket that only users allowed to read flows get frames.
-const { test, describe } = require('node:test');
+const { test, describe, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { EventEmitter } = require('events');
 const fs = require('fs');
 const path = require('path');
 const sharp = require('sharp');
 const { LiveViewThrottle, LiveViewHub, NodeLiveView, hasPermission, mayView, liveViewAllowed, VIEWER_TOPIC } = require('../nodes/lib/live-view');
-const { ROOT, tmpDir, freePort, sleep, until, nodeRedUserDir, startNodeRed } = require('./helpers');
+const { ROOT, tmpDir, freePort, sleep, until, nodeRedUserDir, startNodeRed, redHelper, loadFlow, node } = require('./helpers');
 
 const MODEL = path.join(__dirname, 'fixtures', 'models', 'detect-yolov8.onnx');
 const frame = () => sharp({ create: { width: 640, height: 480, channels: 3, background: { r: 30, g: 90, b: 150 } } }).jpeg().toBuffer();
@@ -48,6 +48,23 @@ describe('pure modules', () => {
     assert.equal(liveViewAllowed({}), true);
     assert.equal(liveViewAllowed({ mlAnnotateLiveView: true }), true);
     for (const v of [false, 'off', 'false', 0]) assert.equal(liveViewAllowed({ mlAnnotateLiveView: v }), false, String(v));
+  });
+
+  test('the Greengrass component\'s settings switch the live view off unless its liveView configuration is "on"', () => {
+    const { execFileSync } = require('child_process');
+    const setting = (value) => {
+      const env = { ...process.env, SORTER_EDITOR: 'false' };
+      if (value === undefined) delete env.SORTER_LIVE_VIEW;
+      else env.SORTER_LIVE_VIEW = value;
+      return execFileSync(process.execPath, ['-p', `require(${JSON.stringify(path.join(ROOT, 'greengrass', 'app', 'settings.js'))}).mlAnnotateLiveView`], { env, encoding: 'utf8' }).trim();
+    };
+    assert.equal(setting(undefined), 'false');
+    assert.equal(setting('off'), 'false');
+    assert.equal(setting('on'), 'true');
+    const recipe = JSON.parse(fs.readFileSync(path.join(ROOT, 'greengrass', 'recipe.json'), 'utf8'));
+    assert.equal(recipe.ComponentConfiguration.DefaultConfiguration.liveView, 'off');
+    assert.equal(recipe.Manifests[0].Lifecycle.Setenv.SORTER_LIVE_VIEW, '{configuration:/liveView}');
+    assert.equal(liveViewAllowed({ mlAnnotateLiveView: false }), false, 'which the nodes obey');
   });
 
   test('frames go only to visible sessions that said hello and may read flows, and nothing is encoded without one', async () => {
@@ -109,6 +126,48 @@ function flow() {
     { ...byId('detect-annotate'), id: 'annotate', z: 'tab', x: 600, y: 80, liveView: true, liveViewRate: 2, liveViewSize: 160, wires: [[]] },
   ];
 }
+
+describe('in a Node-RED runtime (test helper)', () => {
+  const helper = redHelper();
+  const nodes = [node('ml-camera'), node('ml-model'), node('ml-preprocess'), node('ml-inference'), node('ml-annotate')];
+  /** Frames the runtime hands to comms for one editor session that says it shows live views, in `ms`. */
+  async function framesFor(flowNodes, settings, ms = 3000) {
+    const saved = helper.settings();
+    helper.settings(settings);
+    const sent = [];
+    const listener = (m) => { if (m.topic && m.topic.startsWith('ml-live-view/')) sent.push(m); };
+    const events = helper._events;
+    events.on('comms', listener);
+    try {
+      const hello = () => events.emit('comms:message:ml-live-view-viewer', { session: 'editor-1', user: null, data: { visible: true } });
+      hello(); // (heard once the collection is loaded: from the second flow on)
+      await loadFlow(helper, nodes, flowNodes);
+      hello();
+      await sleep(ms);
+      await helper.unload();
+      return sent;
+    } finally {
+      events.off('comms', listener);
+      events.emit('comms:connection-removed', { session: 'editor-1' });
+      helper.settings(saved);
+    }
+  }
+
+  before(() => new Promise((resolve) => helper.startServer(resolve)));
+  after(() => new Promise((resolve) => helper.stopServer(resolve)));
+
+  test('a node with the live view on sends thumbnails to the session; off in the settings or unticked, none', { timeout: 30_000 }, async () => {
+    const on = await framesFor(flow(), {});
+    const frames = on.filter((m) => m.data.image);
+    assert.ok(frames.length >= 1 && frames.length <= 7, `about 2 a second for 3 s (the model loads first): ${frames.length}`);
+    assert.ok(frames.every((m) => m.session === 'editor-1' && m.topic === 'ml-live-view/annotate' && !m.retain));
+    const off = await framesFor(flow(), { mlAnnotateLiveView: false });
+    assert.deepEqual(off.filter((m) => m.data.image), [], 'mlAnnotateLiveView: false wins over the checkbox');
+    const unticked = await framesFor(flow().map((n) => (n.id === 'annotate' ? { ...n, liveView: false } : n)), {});
+    assert.deepEqual(unticked.filter((m) => m.data.image), [], 'unticked: no frames');
+    assert.ok(unticked.some((m) => m.data.clear), 'and the editor is told to remove the image');
+  });
+});
 
 describe('in the editor', () => {
   test('an image of the newest annotated frame shows under the node, at most twice a second, and goes when switched off', { timeout: 60_000 }, async () => {

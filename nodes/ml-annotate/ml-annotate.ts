@@ -7,6 +7,9 @@ import { DEFAULT_RATE, DEFAULT_SIZE, liveViewAllowed, liveViewHub, MAX_RATE, MAX
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 
 module.exports = function (RED: NodeAPI) {
+  // Listening for editors from the start: one may say it shows live views before any node is deployed.
+  const hub = RED.events ? liveViewHub(RED.events) : undefined;
+
   function MlAnnotate(this: Node, config: NodeDef) {
     RED.nodes.createNode(this, config);
     const node = this;
@@ -28,7 +31,6 @@ module.exports = function (RED: NodeAPI) {
 
     // The live view: the newest annotated frame under the node in the editor (off unless ticked).
     let liveView: NodeLiveView | undefined;
-    const hub = RED.events ? liveViewHub(RED.events) : undefined;
     if (config.liveView === true && hub && !settingError) {
       if (!liveViewAllowed(RED.settings)) {
         node.log(`live view not shown: it is off in the runtime's settings (${RUNTIME_SETTING})`);
