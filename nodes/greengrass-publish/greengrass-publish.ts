@@ -1,4 +1,5 @@
 /** greengrass-publish: sends msg.payload through a greengrass-connection (IPC or MQTT, spooled). */
+import { showError } from '../lib/node-status';
 import { frameOf } from '../lib/messages';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
 import type { DeadLetter, GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
@@ -26,7 +27,7 @@ module.exports = function (RED: NodeAPI) {
 
     function showStatus() {
       if (!connection) return;
-      if (settingError) return node.status({ fill: 'red', shape: 'ring', text: settingError.slice(0, 60) });
+      if (settingError) return showError(node, settingError);
       const { state, lastError, queued } = connection;
       const via = connection.transportName === 'ipc' ? 'IPC' : 'MQTT';
       const counters = connection.spoolCounters();
@@ -41,9 +42,9 @@ module.exports = function (RED: NodeAPI) {
       } else if (state === 'connecting') {
         node.status({ fill: 'yellow', shape: 'ring', text: `connecting${extra}` });
       } else if (state === 'disconnected') {
-        node.status({ fill: 'red', shape: 'ring', text: `disconnected${extra}${lastError ? `: ${lastError}` : ''}`.slice(0, 80) });
+        showError(node, `disconnected${extra}${lastError ? `: ${lastError}` : ''}`);
       } else if (state === 'error') {
-        node.status({ fill: 'red', shape: 'ring', text: (lastError ?? 'error').slice(0, 60) });
+        showError(node, (lastError ?? 'error'));
       }
     }
 
@@ -58,7 +59,7 @@ module.exports = function (RED: NodeAPI) {
     }
 
     if (!connection) {
-      node.status({ fill: 'red', shape: 'ring', text: 'no connection selected' });
+      showError(node, 'no connection selected');
     } else {
       connection.events.on('state', showStatus);
       connection.events.on('queue', showStatus);

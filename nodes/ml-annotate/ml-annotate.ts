@@ -2,6 +2,7 @@
  * ml-annotate: draws what ml-inference found (boxes, labels and scores, or the classification
  * label) onto the frame, as a JPEG. The drawing is in lib/annotate.ts; this file wires it up.
  */
+import { failMessage, showError } from '../lib/node-status';
 import { annotateImage, AnnotateOptions, overlayFor } from '../lib/annotate';
 import { DEFAULT_RATE, DEFAULT_SIZE, liveViewAllowed, liveViewHub, MAX_RATE, MAX_SIZE, NodeLiveView, RUNTIME_SETTING } from '../lib/live-view';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
@@ -24,7 +25,7 @@ module.exports = function (RED: NodeAPI) {
       };
     } catch (err) {
       settingError = `annotation not started: ${errorMessage(err)}`;
-      node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
+      showError(node, errorMessage(err));
       node.error(settingError);
     }
     let lastStatusAt = 0;
@@ -76,8 +77,7 @@ module.exports = function (RED: NodeAPI) {
         // After the message is on its way; costs nothing unless an editor shows live views.
         if (liveView) void liveView.offer(result.image);
       } catch (err) {
-        node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
-        done(err as Error);
+        failMessage(node, done, err);
       }
     });
 

@@ -4,6 +4,7 @@
  * these for its single source, or one per entry of its camera list; it only wires them to
  * Node-RED (send, error, status) through a CameraHost.
  */
+import { statusText } from '../lib/node-status';
 import sharp from 'sharp';
 import { ErrorThrottle, repeatSuffix } from '../lib/error-throttle';
 import { RateMeter } from '../lib/frame-queue';
@@ -178,7 +179,7 @@ export class CameraRunner {
     const decision = this.errors.check(message);
     this.problem = message;
     if (this.health !== 'stopped' && this.health !== 'finished') this.health = 'offline';
-    this.host.status({ fill: 'red', shape: 'ring', text: message.slice(0, 70) + repeatSuffix(decision.count) });
+    this.host.status({ fill: 'red', shape: 'ring', text: statusText(message) + repeatSuffix(decision.count) });
     if (decision.raise) report(message);
   }
 
@@ -296,7 +297,7 @@ export class CameraRunner {
       this.health = 'offline';
       this.problem = reason;
       event('offline', reason);
-      this.host.status({ fill: 'red', shape: 'ring', text: `offline: ${reason}`.slice(0, 80) });
+      this.host.status({ fill: 'red', shape: 'ring', text: statusText(`offline: ${reason}`) });
     });
     live.on('problem', (err: Error) => this.raiseFromInterval(err.message));
     this.host.status({ fill: 'yellow', shape: 'ring', text: `connecting to ${live.type}` });

@@ -2,6 +2,7 @@
  * ml-camera: emits JPEG frames with their metadata on an interval or when a message arrives, from
  * one source or from a list of cameras (each its own CameraRunner, with its own seq and events).
  */
+import { showError } from '../lib/node-status';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, NodeStatus, SendFunction, textSetting } from '../lib/red-types';
 import { parseCameraList } from './camera-list';
 import { CameraHost, CameraRunner, CameraSettings, summariseCameras } from './camera-runner';
@@ -25,7 +26,7 @@ module.exports = function (RED: NodeAPI) {
     } catch (err) {
       // Refused, not patched with defaults: a node that runs with other settings than shown misleads.
       const problem = errorMessage(err);
-      node.status({ fill: 'red', shape: 'ring', text: problem });
+      showError(node, problem);
       node.error(`camera not started: ${problem}`);
       node.on('input', (_msg, _send, done) => done(new Error(`camera not started: ${problem}`)));
       return;

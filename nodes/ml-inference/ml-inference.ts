@@ -2,6 +2,7 @@
  * ml-inference: runs tensors through the shared model (worker process). Frames wait in one lane per
  * camera, served round-robin; frames waiting together run as one batch when the model allows it.
  */
+import { failMessage, showError } from '../lib/node-status';
 import * as path from 'path';
 import { groupForBatches, hasDynamicBatch, outputsOfRow, stackRows } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
@@ -115,15 +116,15 @@ module.exports = function (RED: NodeAPI) {
     function onModelState(state: string, error?: string) {
       if (state === 'loading') node.status({ fill: 'yellow', shape: 'ring', text: 'loading model' });
       else if (state === 'ready') node.status({ fill: 'green', shape: 'dot', text: 'ready' });
-      else if (state === 'error') node.status({ fill: 'red', shape: 'ring', text: `model error: ${(error ?? '').slice(0, 50)}` });
+      else if (state === 'error') showError(node, `model error: ${error ?? ''}`);
     }
     const onReloadFailed = () => node.status({ fill: 'yellow', shape: 'dot', text: 'new model rejected; previous one in use' });
 
     if (settingError) {
-      node.status({ fill: 'red', shape: 'ring', text: settingError.replace('inference not started: ', '').slice(0, 70) });
+      showError(node, settingError.replace('inference not started: ', ''));
       node.error(settingError);
     } else if (!model) {
-      node.status({ fill: 'red', shape: 'ring', text: 'no model selected' });
+      showError(node, 'no model selected');
     } else {
       model.events.on('state', onModelState);
       model.events.on('reload-failed', onReloadFailed);
@@ -145,8 +146,7 @@ module.exports = function (RED: NodeAPI) {
     }
 
     function fail(job: Job, err: unknown) {
-      node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
-      job.done(err instanceof Error ? err : new Error(String(err)));
+      failMessage(node, job.done, err);
     }
 
     /**

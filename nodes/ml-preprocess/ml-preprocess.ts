@@ -1,4 +1,5 @@
 /** ml-preprocess: image Buffer -> model input tensor (sharp), settings from the model or the dialog. */
+import { failMessage, showError } from '../lib/node-status';
 import { SupersededError } from '../lib/limiter';
 import { cameraOf, frameOf, PreprocessInfo } from '../lib/messages';
 import { imageToTensor } from '../lib/preprocess';
@@ -29,12 +30,12 @@ module.exports = function (RED: NodeAPI) {
       }
     } catch (err) {
       configError = `invalid pre-processing settings: ${errorMessage(err)}`;
-      node.status({ fill: 'red', shape: 'ring', text: 'invalid settings' });
+      showError(node, 'invalid settings');
       node.error(configError);
     }
     if (config.model && !model) {
       configError = 'the selected ml-model config node is missing';
-      node.status({ fill: 'red', shape: 'ring', text: 'no model' });
+      showError(node, 'no model');
     }
     if (model) model.register(node);
     let lastStatusAt = 0;
@@ -96,8 +97,7 @@ module.exports = function (RED: NodeAPI) {
           node.status({ fill: 'yellow', shape: 'dot', text: `overloaded: ${superseded} older frames skipped` });
           return done();
         }
-        node.status({ fill: 'red', shape: 'ring', text: errorMessage(err).slice(0, 60) });
-        done(err as Error);
+        failMessage(node, done, err);
       }
     });
 

@@ -1,4 +1,5 @@
 /** ml-route: one output per rule plus an "uncertain" output, on the prediction from ml-inference. */
+import { failMessage, showError } from '../lib/node-status';
 import type { RouteInfo } from '../lib/messages';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
 import { Router, validateRules } from './routing';
@@ -34,7 +35,7 @@ module.exports = function (RED: NodeAPI) {
       });
     } catch (err) {
       configError = `invalid routing rules: ${errorMessage(err)}`;
-      node.status({ fill: 'red', shape: 'ring', text: 'invalid rules' });
+      showError(node, 'invalid rules');
       node.error(configError);
     }
     const counts = new Map<string, number>();
@@ -63,7 +64,7 @@ module.exports = function (RED: NodeAPI) {
         send(outputs);
         done();
       } catch (err) {
-        done(err as Error);
+        failMessage(node, done, err);
       }
     });
   }
