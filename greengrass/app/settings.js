@@ -42,6 +42,9 @@ module.exports = {
   // No calls home from a plant floor; users can opt in from the editor's settings.
   telemetry: { enabled: false },
   externalModules: { autoInstall: false, palette: { allowInstall: false } },
+  // The editor's live view of ml-annotate nodes (thumbnails of annotated frames): off in the component
+  // unless its configuration sets liveView to "on" (SORTER_LIVE_VIEW), whatever the nodes' checkboxes say.
+  mlAnnotateLiveView: /^(on|true)$/i.test(process.env.SORTER_LIVE_VIEW || ''),
   /** Read by run.js (Node-RED ignores unknown settings). */
   sorterEditor: editor,
 };

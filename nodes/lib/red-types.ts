@@ -50,6 +50,11 @@ export interface NodeAPI {
     setMessageProperty(msg: NodeMessage, expr: string, value: unknown, createMissing?: boolean): boolean;
   };
   log: { info(m: string): void; warn(m: string): void; error(m: string): void };
+  /** Node-RED's event bus (comms events among others); absent in some test stubs. */
+  events?: {
+    on(event: string, listener: (...args: any[]) => void): unknown;
+    emit(event: string, ...args: unknown[]): unknown;
+  };
 }
 
 /**

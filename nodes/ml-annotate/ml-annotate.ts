@@ -4,9 +4,13 @@
  */
 import { failMessage, showError } from '../lib/node-status';
 import { annotateImage, AnnotateOptions, overlayFor } from '../lib/annotate';
+import { DEFAULT_RATE, DEFAULT_SIZE, liveViewAllowed, liveViewHub, MAX_RATE, MAX_SIZE, NodeLiveView, RUNTIME_SETTING } from '../lib/live-view';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 
 module.exports = function (RED: NodeAPI) {
+  // Listening for editors from the start: one may say it shows live views before any node is deployed.
+  const hub = RED.events ? liveViewHub(RED.events) : undefined;
+
   function MlAnnotate(this: Node, config: NodeDef) {
     RED.nodes.createNode(this, config);
     const node = this;
@@ -25,6 +29,25 @@ module.exports = function (RED: NodeAPI) {
       node.error(settingError);
     }
     let lastStatusAt = 0;
+
+    // The live view: the newest annotated frame under the node in the editor (off unless ticked).
+    let liveView: NodeLiveView | undefined;
+    if (config.liveView === true && hub && !settingError) {
+      if (!liveViewAllowed(RED.settings)) {
+        node.log(`live view not shown: it is off in the runtime's settings (${RUNTIME_SETTING})`);
+      } else {
+        try {
+          liveView = new NodeLiveView(hub, node.id, {
+            rate: numberSetting(config.liveViewRate, DEFAULT_RATE, { min: 0.1, max: MAX_RATE, name: 'liveViewRate' }),
+            size: Math.round(numberSetting(config.liveViewSize, DEFAULT_SIZE, { min: 32, max: MAX_SIZE, name: 'liveViewSize' })),
+          });
+        } catch (err) {
+          node.warn(`live view not shown: ${errorMessage(err)}`);
+        }
+      }
+    }
+    // Redeployed with the live view off: the editors drop the image they show.
+    if (!liveView && hub) new NodeLiveView(hub, node.id, { rate: 1, size: DEFAULT_SIZE }).clear();
 
     node.on('input', async (msg, send, done) => {
       if (settingError) return done(new Error(settingError));
@@ -51,11 +74,21 @@ module.exports = function (RED: NodeAPI) {
         }
         send(msg);
         done();
+        // After the message is on its way; costs nothing unless an editor shows live views.
+        if (liveView) void liveView.offer(result.image);
       } catch (err) {
         failMessage(node, done, err);
       }
     });
+
+    node.on('close', (removed: boolean, done: () => void) => {
+      if (removed && liveView) liveView.clear();
+      done();
+    });
   }
 
-  RED.nodes.registerType('ml-annotate', MlAnnotate);
+  RED.nodes.registerType('ml-annotate', MlAnnotate, {
+    // Exported to the editor, which then says the live view is off when a setting file switched it off.
+    settings: { [RUNTIME_SETTING]: { value: true, exportable: true } },
+  });
 };
