@@ -233,8 +233,45 @@ async function deployFlows(base, type, edit) {
   if (!answer.ok) throw new Error(`a "${type}" deploy answered ${answer.status}: ${await answer.text()}`);
 }
 
+/** An MJPEG camera on loopback (no authentication) sending `frames` in turn; close() drops it like a pulled cable. */
+async function mjpegCamera(port, frames, everyMs = 100) {
+  const http = require('http');
+  const sockets = new Set();
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'multipart/x-mixed-replace; boundary=frame' });
+    let n = 0;
+    const timer = setInterval(() => {
+      const jpeg = frames[n++ % frames.length];
+      res.write(`--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ${jpeg.length}\r\n\r\n`);
+      res.write(jpeg);
+      res.write('\r\n');
+    }, everyMs);
+    res.on('close', () => clearInterval(timer));
+  });
+  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${port}/video.mjpg`,
+    sockets,
+    close: () => new Promise((resolve) => { for (const s of sockets) s.destroy(); server.close(resolve); }),
+  };
+}
+
+/** Closes what the Node-RED editor shows a new user first (update notifications, the welcome tour), as a user would. */
+async function closeFirstRunPrompts(page) {
+  for (let i = 0; i < 20; i++) {
+    // The tour animates and replaces its popover: a click that finds it gone is tried again next round.
+    const notifications = page.getByText('No, do not enable notifications');
+    if (await notifications.isVisible()) await notifications.click({ timeout: 2000 }).catch(() => undefined);
+    const tour = page.locator('.red-ui-tourGuide-popover button:has(i.fa-times)');
+    if (await tour.isVisible()) await tour.click({ timeout: 2000 }).catch(() => undefined);
+    if (!(await page.locator('.red-ui-shade:visible, .red-ui-tourGuide-shade:visible').count()) && i > 3) break;
+    await page.waitForTimeout(250);
+  }
+}
+
 module.exports = {
   ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
   startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until, killOnExit,
-  nodeRedUserDir, startNodeRed, deployFlows,
+  nodeRedUserDir, startNodeRed, deployFlows, mjpegCamera, closeFirstRunPrompts,
 };

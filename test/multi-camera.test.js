@@ -3,9 +3,8 @@
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
-const http = require('http');
 const path = require('path');
-const { node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, nextMessage, sleep, until } = require('./helpers');
+const { node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, nextMessage, sleep, until, mjpegCamera } = require('./helpers');
 const { phaseOffset } = require('../nodes/ml-camera/tick-schedule');
 
 const helper = redHelper();
@@ -163,33 +162,11 @@ test('a bad camera list refuses to start, naming the entry', async () => {
   assert.match((await caught).error.message, /camera not started: cameras entry 2 \("belt2"\) is not id=source: expected id=source entries separated by commas/);
 });
 
-/** An MJPEG camera on loopback (no authentication); close() drops it like a pulled cable. */
-async function mjpegCamera(port) {
-  const frames = photos.slice(0, 3).map((p) => fs.readFileSync(p.file));
-  const sockets = new Set();
-  const server = http.createServer((req, res) => {
-    res.writeHead(200, { 'Content-Type': 'multipart/x-mixed-replace; boundary=frame' });
-    let n = 0;
-    const timer = setInterval(() => {
-      const jpeg = frames[n++ % frames.length];
-      res.write(`--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ${jpeg.length}\r\n\r\n`);
-      res.write(jpeg);
-      res.write('\r\n');
-    }, 100);
-    res.on('close', () => clearInterval(timer));
-  });
-  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
-  return {
-    url: `http://127.0.0.1:${port}/video.mjpg`,
-    sockets,
-    close: () => new Promise((resolve) => { for (const s of sockets) s.destroy(); server.close(resolve); }),
-  };
-}
+const liveCamera = (port) => mjpegCamera(port, photos.slice(0, 3).map((p) => fs.readFileSync(p.file)));
 
 test('a live camera of the list has its own online and offline events and errors; the others go on', async () => {
   const dirs = photoFolders(['belt1']);
-  const camera = await mjpegCamera(await freePort());
+  const camera = await liveCamera(await freePort());
   try {
     await listFlow({ cameras: `belt1=${dirs.belt1},belt2=${camera.url}`, interval: 200, watchdog: 800 });
     const out = recorder('out');
@@ -226,7 +203,7 @@ test('a live camera of the list has its own online and offline events and errors
 
 test('closing the node stops every camera of the list: no connection, timer or frame is left', async () => {
   const dirs = photoFolders(['belt1', 'belt3']);
-  const camera = await mjpegCamera(await freePort());
+  const camera = await liveCamera(await freePort());
   try {
     await listFlow({ cameras: `belt1=${dirs.belt1},belt2=${camera.url},belt3=${dirs.belt3}`, interval: 100 });
     const out = recorder('out');

@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const { execFileSync, spawn } = require('child_process');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, tmpDir, freePort, sleep, until, killOnExit, startMosquitto, collect } = require('./helpers');
+const { ROOT, tmpDir, freePort, sleep, until, killOnExit, startMosquitto, collect, closeFirstRunPrompts } = require('./helpers');
 
 const CONFIG_TYPES = ['ml-model', 'greengrass-connection'];
 const TYPES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-annotate', 'ml-route', 'greengrass-connection', 'greengrass-publish'];
@@ -98,15 +98,7 @@ async function editorWorkflow(base, shots) {
   try {
     await page.goto(base);
     await page.waitForSelector('.red-ui-palette-node[data-palette-type="ml-camera"]', { timeout: 30_000 });
-    // First-run prompts a new user closes: update notifications, the welcome tour.
-    for (let i = 0; i < 20; i++) {
-      const notifications = page.getByText('No, do not enable notifications');
-      if (await notifications.isVisible()) await notifications.click();
-      const tour = page.locator('.red-ui-tourGuide-popover button:has(i.fa-times)');
-      if (await tour.isVisible()) await tour.click();
-      if (!(await page.locator('.red-ui-shade:visible, .red-ui-tourGuide-shade:visible').count()) && i > 3) break;
-      await page.waitForTimeout(250);
-    }
+    await closeFirstRunPrompts(page);
     await shot('editor-open');
 
     await page.click('#red-ui-header-button-sidemenu');

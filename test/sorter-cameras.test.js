@@ -3,9 +3,8 @@
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
-const http = require('http');
 const path = require('path');
-const { ROOT, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, startMosquitto, collect, until } = require('./helpers');
+const { ROOT, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, startMosquitto, collect, until, mjpegCamera } = require('./helpers');
 
 const helper = redHelper();
 const nodes = [
@@ -32,28 +31,6 @@ after(async () => {
 
 const sorterFlow = () => JSON.parse(fs.readFileSync(path.join(ROOT, 'flows', 'recycling-sorter.json'), 'utf8'));
 
-/** An MJPEG camera on loopback sending real photos at 5 frames/s; close() drops it like a pulled cable. */
-async function mjpegCamera(port, frames) {
-  const sockets = new Set();
-  const server = http.createServer((req, res) => {
-    res.writeHead(200, { 'Content-Type': 'multipart/x-mixed-replace; boundary=frame' });
-    let n = 0;
-    const timer = setInterval(() => {
-      const jpeg = frames[n++ % frames.length];
-      res.write(`--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ${jpeg.length}\r\n\r\n`);
-      res.write(jpeg);
-      res.write('\r\n');
-    }, 200);
-    res.on('close', () => clearInterval(timer));
-  });
-  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
-  return {
-    url: `http://127.0.0.1:${port}/video.mjpg`,
-    close: () => new Promise((resolve) => { for (const s of sockets) s.destroy(); server.close(resolve); }),
-  };
-}
-
 test('SORTER_CAMERAS: each camera has its own seq, results, decisions and events on recycling/<id>/...', async () => {
   const photos = validationPhotos(2);
   const folders = {};
@@ -61,7 +38,7 @@ test('SORTER_CAMERAS: each camera has its own seq, results, decisions and events
     folders[id] = tmpDir(`sorter-${id}-`);
     for (const p of photos.slice(i * 6, i * 6 + 6)) fs.symlinkSync(p.file, path.join(folders[id], `${p.label}-${path.basename(p.file)}`));
   }
-  const camera = await mjpegCamera(await freePort(), photos.slice(0, 3).map((p) => fs.readFileSync(p.file)));
+  const camera = await mjpegCamera(await freePort(), photos.slice(0, 3).map((p) => fs.readFileSync(p.file)), 200);
   const broker = await startMosquitto();
   const sub = await collect(broker.url, ['recycling/#']);
   // The JSON form; a single camera's variables set as well are not used.

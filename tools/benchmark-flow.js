@@ -13,20 +13,10 @@ const os = require('os');
 const path = require('path');
 const { monitorEventLoopDelay } = require('perf_hooks');
 
-const root = path.resolve(__dirname, '..');
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const dataset = option('data', path.resolve(root, '..', 'shared', 'datasets', 'trashnet'));
+const { root, defaultDataset, args, option, percentile } = require('./cli');
+const dataset = option('data', defaultDataset);
 const TICKS_PER_SECOND = 100;
 
-const percentile = (values, p) => {
-  if (!values.length) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-};
 
 function photos(limit) {
   const found = [];

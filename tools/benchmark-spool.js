@@ -9,15 +9,10 @@ const path = require('path');
 const { spawn } = require('child_process');
 const net = require('net');
 
-const root = path.resolve(__dirname, '..');
+const { root, option } = require('./cli');
 const { DiskSpool, SpoolDrainer } = require(path.join(root, 'nodes/greengrass-connection/spool'));
 const { MqttTransport } = require(path.join(root, 'nodes/greengrass-connection/mqtt-transport'));
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
 const messages = Number(option('messages', 20_000));
 const backlog = Number(option('backlog', 100_000));
 const baseDir = option('dir', os.tmpdir());

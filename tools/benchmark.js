@@ -8,24 +8,15 @@ const os = require('os');
 const path = require('path');
 const ort = require('onnxruntime-node');
 
-const root = path.resolve(__dirname, '..');
+const { root, defaultDataset, args, option, percentile } = require('./cli');
 const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
 const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { ModelRunner } = require(path.join(root, 'nodes/lib/model-runner'));
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
 const modelPath = option('model', path.join(root, 'models', 'waste-classifier.onnx'));
 const runs = Number(option('runs', 300));
-const dataset = option('data', path.resolve(root, '..', 'shared', 'datasets', 'trashnet'));
+const dataset = option('data', defaultDataset);
 
-const percentile = (values, p) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-};
 const summary = (values) => `mean ${(values.reduce((a, b) => a + b, 0) / values.length).toFixed(2)} ms, p50 ${percentile(values, 50).toFixed(2)} ms, p95 ${percentile(values, 95).toFixed(2)} ms, max ${Math.max(...values).toFixed(2)} ms`;
 
 function samplePhotos(n) {

@@ -8,18 +8,13 @@ const fs = require('fs');
 const path = require('path');
 const ort = require('onnxruntime-node');
 
-const root = path.resolve(__dirname, '..');
+const { root, defaultDataset, args, option } = require('./cli');
 const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
 const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { classify } = require(path.join(root, 'nodes/lib/classification'));
 
-const args = process.argv.slice(2);
-const option = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
 const modelPath = path.resolve(option('model', path.join(root, 'models', 'waste-classifier.onnx')));
-const dataset = path.resolve(option('data', path.resolve(root, '..', 'shared', 'datasets', 'trashnet')));
+const dataset = path.resolve(option('data', defaultDataset));
 const splitFile = path.resolve(option('split', path.join(root, 'tools', 'train', 'split', 'val.txt')));
 const jsonOut = option('json', '');
 const keepLogits = args.includes('--logits');
