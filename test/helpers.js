@@ -270,8 +270,18 @@ async function closeFirstRunPrompts(page) {
   }
 }
 
+/** The node types flows/recycling-sorter.json uses: the collection's and Node-RED's core ones. */
+function sorterFlowNodes() {
+  return [
+    node('ml-camera'), node('ml-preprocess'), node('ml-model'), node('ml-inference'), node('ml-route'),
+    node('greengrass-connection'), node('greengrass-publish'),
+    coreNode('function/15-change.js'), coreNode('storage/10-file.js'), coreNode('common/25-catch.js'),
+    coreNode('common/21-debug.js'), coreNode('common/90-comment.js'),
+  ];
+}
+
 module.exports = {
   ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
   startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until, killOnExit,
-  nodeRedUserDir, startNodeRed, deployFlows, mjpegCamera, closeFirstRunPrompts,
+  nodeRedUserDir, startNodeRed, deployFlows, mjpegCamera, closeFirstRunPrompts, sorterFlowNodes,
 };

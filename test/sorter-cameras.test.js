@@ -4,15 +4,10 @@ const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, startMosquitto, collect, until, mjpegCamera } = require('./helpers');
+const { ROOT, redHelper, loadFlow, tmpDir, validationPhotos, freePort, startMosquitto, collect, until, mjpegCamera, sorterFlowNodes } = require('./helpers');
 
 const helper = redHelper();
-const nodes = [
-  node('ml-camera'), node('ml-preprocess'), node('ml-model'), node('ml-inference'), node('ml-route'),
-  node('greengrass-connection'), node('greengrass-publish'),
-  coreNode('function/15-change.js'), coreNode('storage/10-file.js'), coreNode('common/25-catch.js'),
-  coreNode('common/21-debug.js'), coreNode('common/90-comment.js'),
-];
+const nodes = sorterFlowNodes();
 const ENV = ['SORTER_CAMERAS', 'SORTER_SOURCE', 'SORTER_CAMERA_ID', 'SORTER_INTERVAL_MS', 'MQTT_URL', 'SORTER_REVIEW_DIR'];
 const saved = Object.fromEntries(ENV.map((k) => [k, process.env[k]]));
 

@@ -3,15 +3,10 @@ const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
-const { ROOT, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, startMosquitto, collect, until } = require('./helpers');
+const { ROOT, redHelper, loadFlow, tmpDir, validationPhotos, startMosquitto, collect, until, sorterFlowNodes } = require('./helpers');
 
 const helper = redHelper();
-const nodes = [
-  node('ml-camera'), node('ml-preprocess'), node('ml-model'), node('ml-inference'), node('ml-route'),
-  node('greengrass-connection'), node('greengrass-publish'),
-  coreNode('function/15-change.js'), coreNode('storage/10-file.js'), coreNode('common/25-catch.js'),
-  coreNode('common/21-debug.js'), coreNode('common/90-comment.js'),
-];
+const nodes = sorterFlowNodes();
 const BIN_OF = { glass: 'containers', metal: 'containers', plastic: 'containers', paper: 'fibre', cardboard: 'fibre', trash: 'landfill' };
 const PER_CLASS = 6;
 

@@ -6,14 +6,13 @@
 // and RSS; then a saturation run. Each camera count runs in a fresh process.
 //
 //   npm run benchmark -- --cameras 1,10,50,100 --seconds 20 [--saturate]
-const { spawn, execFileSync } = require('child_process');
+const { execFileSync } = require('child_process');
 const fs = require('fs');
-const net = require('net');
 const os = require('os');
 const path = require('path');
 const { monitorEventLoopDelay } = require('perf_hooks');
 
-const { root, defaultDataset, args, option, percentile } = require('./cli');
+const { root, defaultDataset, option, flag, percentile, startMosquitto } = require('./cli');
 const dataset = option('data', defaultDataset);
 const TICKS_PER_SECOND = 100;
 
@@ -86,38 +85,11 @@ async function measureFloor(files) {
   return { cpuMs: (used.user + used.system) / 1000 / images.length, wallMs };
 }
 
-async function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startMosquitto(dir) {
-  const port = await freePort();
-  const conf = path.join(dir, 'mosquitto.conf');
-  fs.writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n`);
-  const binary = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto'].find((p) => fs.existsSync(p));
-  if (!binary) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
-  const child = spawn(binary, ['-c', conf], { stdio: 'ignore' });
-  for (let i = 0; i < 100; i++) {
-    const open = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (open) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { url: `mqtt://127.0.0.1:${port}`, pid: child.pid, close: () => child.kill('SIGTERM') };
-}
-
 /** The sample flow with its one camera replaced by `cameras` folder cameras (what dragging N camera nodes gives). */
 function sorterFlow(cameras, intervalMs, sources) {
   const flow = JSON.parse(fs.readFileSync(path.join(root, 'flows', 'recycling-sorter.json'), 'utf8'));
   const template = flow.find((n) => n.id === 'camera');
-  const others = flow.filter((n) => n.id !== 'camera').map((n) => (n.type === 'greengrass-connection' && args.includes('--no-spool') ? { ...n, spool: false } : n));
+  const others = flow.filter((n) => n.id !== 'camera').map((n) => (n.type === 'greengrass-connection' && flag('no-spool') ? { ...n, spool: false } : n));
   const clones = Array.from({ length: cameras }, (_, i) => ({
     ...template, id: `camera-${i + 1}`, name: `belt${i + 1}`, cameraId: `belt${i + 1}`, source: sources[i % sources.length], interval: String(intervalMs), y: template.y + i,
   }));
@@ -137,7 +109,7 @@ async function runOne(cameras, seconds, intervalMs) {
   }
   const floor = await measureFloor(files.slice(0, 80));
 
-  const broker = await startMosquitto(work);
+  const broker = await startMosquitto(work, 100000);
   const mqtt = require('mqtt');
   const sub = await mqtt.connectAsync(broker.url, { protocolVersion: 5, clientId: `bench-${process.pid}` });
   let measuring = false;
@@ -211,7 +183,7 @@ function format(r) {
 }
 
 async function main() {
-  if (args.includes('--one')) {
+  if (flag('one')) {
     const r = await runOne(Number(option('cameras', 1)), Number(option('seconds', 20)), Number(option('interval', 1000)));
     process.stdout.write(`${JSON.stringify(r)}\n`);
     process.exit(0);
@@ -219,7 +191,7 @@ async function main() {
   const counts = String(option('cameras', '1,10,50,100')).split(',').map(Number);
   const seconds = Number(option('seconds', 20));
   const runs = counts.map((n) => ({ cameras: n, interval: 1000 }));
-  if (args.includes('--saturate')) runs.push({ cameras: 20, interval: 50 });
+  if (flag('saturate')) runs.push({ cameras: 20, interval: 50 });
   console.log(`sorter flow benchmark: ${os.cpus().length} x ${os.cpus()[0].model}, Node ${process.version}, ${seconds} s per run`);
   console.log('| cameras | frames captured | results | capture -> delivered p50 / p99 | event loop p99 | CPU per frame (vs floor) | throughput | RSS start -> end | starved cameras |');
   console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');

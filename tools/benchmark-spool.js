@@ -6,10 +6,8 @@
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { spawn } = require('child_process');
-const net = require('net');
 
-const { root, option } = require('./cli');
+const { root, option, startMosquitto } = require('./cli');
 const { DiskSpool, SpoolDrainer } = require(path.join(root, 'nodes/greengrass-connection/spool'));
 const { MqttTransport } = require(path.join(root, 'nodes/greengrass-connection/mqtt-transport'));
 
@@ -53,26 +51,6 @@ async function accepted(dir, count, producers) {
   const ms = performance.now() - started;
   await spool.close();
   return rate(count, ms);
-}
-
-async function startMosquitto(dir) {
-  const port = await new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-  const conf = path.join(dir, 'mosquitto.conf');
-  fs.writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n`);
-  const binary = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto'].find((p) => fs.existsSync(p));
-  if (!binary) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
-  const child = spawn(binary, ['-c', conf], { stdio: 'ignore' });
-  for (let i = 0; i < 100; i++) {
-    const open = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (open) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { url: `mqtt://127.0.0.1:${port}`, close: () => child.kill('SIGTERM') };
 }
 
 async function drain(dir, count) {

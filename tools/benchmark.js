@@ -8,7 +8,7 @@ const os = require('os');
 const path = require('path');
 const ort = require('onnxruntime-node');
 
-const { root, defaultDataset, args, option, percentile } = require('./cli');
+const { root, defaultDataset, option, flag, percentile } = require('./cli');
 const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
 const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { ModelRunner } = require(path.join(root, 'nodes/lib/model-runner'));
@@ -84,7 +84,7 @@ async function main() {
   await runner.close();
 }
 
-if (args.includes('--cameras')) {
+if (flag('cameras')) {
   require('./benchmark-flow'); // the flow-level benchmark: npm run benchmark -- --cameras 1,10,50,100
 } else {
   main().catch((err) => {

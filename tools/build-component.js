@@ -229,10 +229,9 @@ with zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED, compresslevel=9) as z:
 `;
 
 if (require.main === module) {
-  const args = process.argv.slice(2);
-  const option = (name) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : undefined);
+  const { option, flag } = require('./cli');
   try {
-    if (args.includes('--update-lock')) updateLock();
+    if (flag('update-lock')) updateLock();
     else build({ out: option('out'), version: option('version'), bucket: option('bucket'), topicPrefix: option('topic-prefix') });
   } catch (err) {
     console.error(`build-component: ${err.message}`);

@@ -1,4 +1,8 @@
-// What the command-line tools share: `--name value` options, the project's folders, percentiles.
+// What the command-line tools share: `--name value` options, the project's folders, percentiles,
+// a local mosquitto for the benchmarks.
+const { spawn } = require('child_process');
+const fs = require('fs');
+const net = require('net');
 const path = require('path');
 
 const root = path.resolve(__dirname, '..');
@@ -19,4 +23,32 @@ function percentile(values, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-module.exports = { root, defaultDataset, args, option, flag, percentile };
+function freePort() {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** A plain mosquitto on loopback with its configuration in `dir`; `maxQueued` 0 means no limit. */
+async function startMosquitto(dir, maxQueued = 0) {
+  const port = await freePort();
+  const conf = path.join(dir, 'mosquitto.conf');
+  fs.writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages ${maxQueued}\n`);
+  const binary = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto'].find((p) => fs.existsSync(p));
+  if (!binary) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
+  const child = spawn(binary, ['-c', conf], { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    const open = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (open) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { url: `mqtt://127.0.0.1:${port}`, pid: child.pid, close: () => child.kill('SIGTERM') };
+}
+
+module.exports = { root, defaultDataset, args, option, flag, percentile, freePort, startMosquitto };

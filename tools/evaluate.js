@@ -8,7 +8,7 @@ const fs = require('fs');
 const path = require('path');
 const ort = require('onnxruntime-node');
 
-const { root, defaultDataset, args, option } = require('./cli');
+const { root, defaultDataset, option, flag } = require('./cli');
 const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
 const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { classify } = require(path.join(root, 'nodes/lib/classification'));
@@ -17,7 +17,7 @@ const modelPath = path.resolve(option('model', path.join(root, 'models', 'waste-
 const dataset = path.resolve(option('data', defaultDataset));
 const splitFile = path.resolve(option('split', path.join(root, 'tools', 'train', 'split', 'val.txt')));
 const jsonOut = option('json', '');
-const keepLogits = args.includes('--logits');
+const keepLogits = flag('logits');
 
 async function main() {
   const bytes = fs.readFileSync(modelPath);

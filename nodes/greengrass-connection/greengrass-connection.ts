@@ -200,6 +200,9 @@ module.exports = function (RED: NodeAPI) {
 
     shareAmongUsers(node, start, stop);
 
+    // A broker at *.amazonaws.com is AWS IoT Core: its topic and payload quotas apply to every message.
+    const brokerIsIotCore = Boolean(transport) && /\.amazonaws\.com$/i.test(transport!.description.replace(/:\d+$/, ''));
+
     node.publish = async (request) => {
       if (configError || !transport) throw new Error(`connection settings are invalid: ${configError}`);
       const message: SpooledMessage = {
@@ -208,7 +211,7 @@ module.exports = function (RED: NodeAPI) {
       };
       checkOutgoing(message, {
         allowReserved: request.allowReserved,
-        iotCore: request.destination === 'iotcore' && transportName === 'ipc' || /\.amazonaws\.com$/i.test(transport.description.replace(/:\d+$/, '')),
+        iotCore: (request.destination === 'iotcore' && transportName === 'ipc') || brokerIsIotCore,
         maxPayloadBytes: maxPayloadSetting ?? transport.maxPayloadBytes(message.topic, message.destination),
       });
       if (!drainer) {

@@ -6,6 +6,7 @@ import { EventEmitter } from 'events';
 import { eventstream_rpc, greengrasscoreipc, io } from 'aws-iot-device-sdk-v2';
 import { Backoff } from '../lib/backoff';
 import type { ConnectionState, OutgoingMessage } from './mqtt-transport';
+import { IOT_CORE_MAX_PAYLOAD_BYTES } from './outgoing';
 import { RefusedError } from './spool';
 
 export const SOCKET_ENV = 'AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT';
@@ -15,8 +16,6 @@ export type IpcDestination = 'local' | 'iotcore';
 
 /** A request the nucleus has not answered by then counts as a lost connection (the SDK has no timeout). */
 export const IPC_REQUEST_TIMEOUT_MS = 10_000;
-/** AWS IoT Core's largest message (PublishToIoTCore goes there). */
-export const IOT_CORE_MAX_PAYLOAD_BYTES = 128 * 1024;
 
 /** True when this process runs as a Greengrass component (the nucleus set the IPC variables). */
 export function runningAsComponent(env: NodeJS.ProcessEnv = process.env): boolean {

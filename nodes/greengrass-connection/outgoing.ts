@@ -17,6 +17,8 @@ export interface OutgoingLimits extends OutgoingCheck {
 
 export const IOT_CORE_MAX_TOPIC_BYTES = 256;
 export const IOT_CORE_MAX_SLASHES = 7;
+/** AWS IoT Core's largest message payload (its documented quota). */
+export const IOT_CORE_MAX_PAYLOAD_BYTES = 128 * 1024;
 /** The MQTT protocol's own limit on a topic name. */
 const MQTT_MAX_TOPIC_BYTES = 65_535;
 
@@ -40,7 +42,7 @@ export function checkTopic(topic: unknown, limits: OutgoingLimits = {}): string 
 
 export function checkOutgoing(message: Pick<SpooledMessage, 'topic' | 'payload'>, limits: OutgoingLimits): void {
   checkTopic(message.topic, limits);
-  const max = limits.maxPayloadBytes ?? (limits.iotCore ? 128 * 1024 : undefined);
+  const max = limits.maxPayloadBytes ?? (limits.iotCore ? IOT_CORE_MAX_PAYLOAD_BYTES : undefined);
   const bytes = typeof message.payload === 'string' ? Buffer.byteLength(message.payload) : message.payload.length;
   if (max !== undefined && bytes > max) {
     throw new Error(`payload is ${bytes} bytes; ${limits.iotCore ? 'AWS IoT Core' : 'the broker'} takes at most ${max} bytes on ${message.topic} (the connection's size limit)`);

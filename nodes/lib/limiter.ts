@@ -24,10 +24,6 @@ export class Limiter {
     if (!Number.isInteger(slots) || slots < 1) throw new Error(`Expected at least 1 slot but received ${slots}`);
   }
 
-  get queued(): number {
-    return this.waiting.length;
-  }
-
   async run<T>(task: () => Promise<T>, lane?: string): Promise<T> {
     if (this.running >= this.slots) {
       await new Promise<void>((start, reject) => {
