@@ -21,7 +21,8 @@ export const VIEWER_TOPIC = 'ml-live-view-viewer';
 /** The Node-RED setting that switches the live view off for the whole runtime (false or "off"). */
 export const RUNTIME_SETTING = 'mlAnnotateLiveView';
 export const DEFAULT_RATE = 2;
-export const MAX_RATE = 5;
+/** At most 2 updates per second per node: a live view, not a video stream. */
+export const MAX_RATE = 2;
 export const DEFAULT_SIZE = 160;
 export const MAX_SIZE = 320;
 
