@@ -173,7 +173,9 @@ def detection_loss(cls_raw, box_raw, targets, centres, num_classes):
     cls_target = torch.zeros_like(logits)
     box_losses, npos = [], 0
     for i, (boxes, labels) in enumerate(targets):
-        boxes_t = torch.from_numpy(boxes)
+        # The DataLoader hands numpy arrays over as tensors; validation batches stay numpy.
+        boxes_t = torch.as_tensor(boxes)
+        labels = torch.as_tensor(labels)
         owner = assign(centres, boxes_t)
         pos = owner >= 0
         if not pos.any():
@@ -185,7 +187,7 @@ def detection_loss(cls_raw, box_raw, targets, centres, num_classes):
         g, iou = giou(pred, gt)
         box_losses.append((1 - g).sum())
         # IoU-aware target: a cell's score learns how well its box fits, so NMS keeps the best box.
-        cls_target[i, pos.nonzero().squeeze(1), torch.from_numpy(labels)[owner[pos]]] = iou.detach().clamp(min=0.1)
+        cls_target[i, pos.nonzero().squeeze(1), labels[owner[pos]]] = iou.detach().clamp(min=0.1)
         npos += int(pos.sum())
     npos = max(npos, 1)
     # Varifocal-style: positives weighted by their target, negatives focal-down-weighted.
