@@ -93,10 +93,13 @@ function handOver(userDir: string | undefined, id: string, reports: CountReport[
   }
 }
 
-function takeOver(userDir: string | undefined, id: string, warn: (text: string) => void): CountReport[] {
-  let reports = handedOver.get(id) ?? [];
+/** The reports a stopped node with this id left; `redeployed` when it was in this process (not a restart). */
+function takeOver(userDir: string | undefined, id: string, warn: (text: string) => void): { reports: CountReport[]; redeployed: boolean } {
+  const inMemory = handedOver.get(id);
   handedOver.delete(id);
-  if (!userDir) return reports;
+  let reports = inMemory ?? [];
+  const result = () => ({ reports, redeployed: inMemory !== undefined });
+  if (!userDir) return result();
   const file = handoverFile(userDir, id);
   try {
     const saved = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
@@ -105,7 +108,7 @@ function takeOver(userDir: string | undefined, id: string, warn: (text: string) 
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn(`the counts saved at the last stop in ${file} are unreadable (${errorMessage(err)}); they are not sent`);
   }
   fs.rmSync(file, { force: true });
-  return reports;
+  return result();
 }
 
 module.exports = function (RED: NodeAPI) {
@@ -126,16 +129,17 @@ module.exports = function (RED: NodeAPI) {
       showError(node, errorMessage(err));
       node.error(settingError);
     }
-    const periods = new PeriodCounts(Date.now());
+    // The last stop's final reports go out once the flows (and the publish nodes) run again.
+    const { reports: pending, redeployed } = takeOver(userDir, node.id, warn);
+    // After a redeploy the periods follow on without a gap; after a restart the downtime is no period.
+    const periodStart = redeployed && pending.length ? Math.max(...pending.map((r) => Date.parse(r.to))) : Date.now();
+    const periods = new PeriodCounts(Number.isFinite(periodStart) && periodStart <= Date.now() ? periodStart : Date.now());
     const totals = new Map<string, number>();
     let lastStatusAt = 0;
 
     const sendReports = (reports: CountReport[]) => {
       if (reports.length) node.send([null, reports.map((payload) => ({ payload, topic: payload.camera })), null]);
     };
-
-    // The last stop's final reports go out once the flows (and the publish nodes) run again.
-    const pending = takeOver(userDir, node.id, warn);
     const sendPending = () => {
       RED.events?.removeListener?.('flows:started', sendPending);
       sendReports(pending.splice(0));
