@@ -104,10 +104,10 @@ function takeOver(userDir: string | undefined, id: string, warn: (text: string) 
   try {
     const saved = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
     if (!reports.length && Array.isArray(saved)) reports = saved as CountReport[];
+    fs.rmSync(file, { force: true });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn(`the counts saved at the last stop in ${file} are unreadable (${errorMessage(err)}); they are not sent`);
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn(`the counts saved at the last stop in ${file} cannot be used (${errorMessage(err)}); they are not sent`);
   }
-  fs.rmSync(file, { force: true });
   return result();
 }
 
