@@ -10,7 +10,7 @@ const path = require('path');
 const { ROOT, tmpDir, freePort, sleep, until, killOnExit, startMosquitto, collect, closeFirstRunPrompts } = require('./helpers');
 
 const CONFIG_TYPES = ['ml-model', 'greengrass-connection'];
-const TYPES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-annotate', 'ml-route', 'greengrass-connection', 'greengrass-publish'];
+const TYPES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-annotate', 'ml-route', 'ml-track', 'greengrass-connection', 'greengrass-publish'];
 const npm = (args, cwd) => execFileSync('npm', args, { cwd, encoding: 'utf8', env: { ...process.env, npm_config_update_notifier: 'false' } });
 
 /**

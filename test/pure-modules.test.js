@@ -218,3 +218,12 @@ test('the decode limiter runs at most its slots at once and lets a camera\'s new
   await Promise.all([first, newer, ...anonymous]);
   assert.deepEqual(order, ['a1', 'b2', 'x1', 'x2'], 'one at a time, in arrival order; frames without a camera are never skipped');
 });
+
+test('model paths: empty is the bundled classifier, bundled:<file> a model in the package\'s models folder, relative ones the user directory\'s', () => {
+  const { resolveModelPath, BUNDLED_MODEL, PACKAGE_ROOT } = require('../nodes/ml-model/model-config');
+  const path = require('path');
+  assert.equal(resolveModelPath('', '/data'), BUNDLED_MODEL);
+  assert.equal(resolveModelPath('bundled:conveyor-detector.onnx', '/data'), path.join(PACKAGE_ROOT, 'models', 'conveyor-detector.onnx'));
+  assert.equal(resolveModelPath('bundled:../../etc/passwd', '/data'), path.join(PACKAGE_ROOT, 'models', 'passwd'), 'never outside models/');
+  assert.equal(resolveModelPath('yolov8n.onnx', '/data'), '/data/yolov8n.onnx');
+});

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm start`: runs Node-RED 4 from this project's dependencies with this collection and the
-// recycling-sort flow. With MQTT_URL unset it also runs an MQTT broker on 127.0.0.1:1883 and
-// prints each result the flow publishes, so the whole pipeline is visible with no camera and no AWS.
+// recycling-sort flow, or the flow SORTER_FLOW names (conveyor-counter). With MQTT_URL unset it also
+// runs an MQTT broker on 127.0.0.1:1883 and prints each result, item and count the flow publishes,
+// so the whole pipeline is visible with no camera and no AWS.
 const { spawn } = require('child_process');
 const fs = require('fs');
 const net = require('net');
@@ -9,9 +10,10 @@ const path = require('path');
 
 const root = path.resolve(__dirname, '..');
 const settings = require('./sorter-settings');
+const { chosenFlow } = require('./sorter-flows');
 const userDir = settings.userDir;
 
-function prepareUserDir() {
+function prepareUserDir(flow) {
   // Node-RED finds the collection in the user directory's node_modules, as after a palette install.
   const modules = path.join(userDir, 'node_modules');
   fs.mkdirSync(modules, { recursive: true });
@@ -22,10 +24,13 @@ function prepareUserDir() {
     /* no link yet */
   }
   if (!fs.existsSync(link)) fs.symlinkSync(root, link, 'dir');
-  const flows = path.join(userDir, settings.flowFile);
+  // Each flow has its own copy there (see sorter-flows.js): an edited one is kept, never overwritten.
+  const flows = path.join(userDir, flow.flowFile);
   if (!fs.existsSync(flows)) {
-    fs.copyFileSync(path.join(root, 'flows', 'recycling-sorter.json'), flows);
-    console.log(`[sorter] flow copied to ${flows} (delete it to start again from flows/recycling-sorter.json)`);
+    fs.copyFileSync(flow.source, flows);
+    console.log(`[sorter] flow copied to ${flows} (delete it to start again from flows/${flow.name}.json)`);
+  } else {
+    console.log(`[sorter] flow ${flow.name}: ${flows}`);
   }
 }
 
@@ -37,17 +42,26 @@ async function startBroker(port) {
     server.once('error', (err) => reject(new Error(`cannot start the MQTT broker on 127.0.0.1:${port}: ${err.message} (set MQTT_URL to use another broker)`)));
     server.listen(port, '127.0.0.1', resolve);
   });
+  const prefix = `${(process.env.SORTER_TOPIC_PREFIX || 'recycling').trim()}/`;
+  const score = (s) => (typeof s === 'number' ? s.toFixed(2) : '?');
+  const time = (iso) => String(iso).slice(11, 19);
   broker.on('publish', (packet, client) => {
-    if (!client || !packet.topic.startsWith('recycling/') || !packet.topic.endsWith('/result')) return;
+    if (!client || !packet.topic.startsWith(prefix)) return;
     try {
       const r = JSON.parse(packet.payload.toString());
-      const score = typeof r.score === 'number' ? r.score.toFixed(2) : '?';
-      console.log(`[sorter] ${packet.topic}  #${r.seq} ${r.label} ${score} -> ${r.bin}  (${r.origin})`);
+      if (packet.topic.endsWith('/result')) {
+        console.log(`[sorter] ${packet.topic}  #${r.seq} ${r.label} ${score(r.score)} -> ${r.bin}  (${r.origin})`);
+      } else if (packet.topic.endsWith('/item')) {
+        console.log(`[sorter] ${packet.topic}  track ${r.track} ${r.label} ${score(r.score)}  (frame ${r.frameSeq})`);
+      } else if (packet.topic.endsWith('/counts')) {
+        const counts = Object.entries(r.counts || {}).map(([label, n]) => `${label} ${n}`).join(' · ') || 'nothing counted';
+        console.log(`[sorter] ${packet.topic}  ${time(r.from)}-${time(r.to)}  ${counts}`);
+      }
     } catch {
       /* not ours */
     }
   });
-  console.log(`[sorter] MQTT broker on mqtt://127.0.0.1:${port} (subscribe to recycling/# to watch results)`);
+  console.log(`[sorter] MQTT broker on mqtt://127.0.0.1:${port} (subscribe to ${prefix}# to watch what the flow publishes)`);
   return { close: () => new Promise((resolve) => server.close(() => broker.close(resolve))) };
 }
 
@@ -64,7 +78,7 @@ function cameras(env) {
 }
 
 async function main() {
-  prepareUserDir();
+  prepareUserDir(chosenFlow(process.env));
   const env = { ...process.env };
   let broker;
   if (!env.MQTT_URL) {

@@ -3,7 +3,7 @@
  * label, as an SVG overlay composited onto the JPEG (librsvg draws it; no canvas dependency).
  */
 import sharp from 'sharp';
-import { classColour } from './detection';
+import { classColour, trackPrefix } from './detection';
 import { describeReceived } from './red-types';
 
 /** A box (or circle) to draw, in frame pixels. */
@@ -44,7 +44,8 @@ function safeColour(value: unknown, fallback: string): string {
 }
 
 /**
- * What to draw for a message: ml-inference's detections (msg.payload.detections), else
+ * What to draw for a message: ml-inference's detections (msg.payload.detections, with ml-track's
+ * track ids when it set them), else
  * msg.annotations in node-red-node-annotate-image's shape ({type, bbox | x y w h | r, label, stroke,
  * lineWidth}), else a classification ({label, score}). Throws saying what was expected.
  */
@@ -52,12 +53,12 @@ export function overlayFor(payload: unknown, annotations: unknown): Overlay {
   const p = payload as { detections?: unknown; label?: unknown; score?: unknown; index?: unknown; topK?: Array<{ index?: unknown }> } | null;
   if (p && typeof p === 'object' && Array.isArray(p.detections)) {
     const shapes = p.detections.map((d, i) => {
-      const det = d as { label?: unknown; score?: unknown; index?: unknown; box?: { x?: unknown; y?: unknown; w?: unknown; h?: unknown } };
+      const det = d as { label?: unknown; score?: unknown; index?: unknown; track?: unknown; box?: { x?: unknown; y?: unknown; w?: unknown; h?: unknown } };
       const b = det?.box;
       if (!b || ![b.x, b.y, b.w, b.h].every(finite)) {
         throw new Error(`msg.payload.detections[${i}].box must be {x, y, w, h} in pixels, got ${JSON.stringify(b)}`);
       }
-      const label = `${String(det.label ?? det.index ?? '')}${finite(det.score) ? ` ${pct(det.score)}` : ''}`.trim();
+      const label = `${trackPrefix(det.track)}${String(det.label ?? det.index ?? '')}${finite(det.score) ? ` ${pct(det.score)}` : ''}`.trim();
       return { kind: 'rect' as const, x: b.x as number, y: b.y as number, w: b.w as number, h: b.h as number, label, colour: classColour(finite(det.index) ? det.index : i) };
     });
     return { shapes };

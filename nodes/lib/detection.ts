@@ -64,6 +64,8 @@ export interface Detection {
   index: number;
   /** Top left corner, width and height in whole pixels of the original frame. */
   box: Box;
+  /** The item's track id, set by ml-track (shown as "#12 plastic 91%"). */
+  track?: number;
 }
 
 export interface DetectionResult {
@@ -393,12 +395,17 @@ export function classColour(index: number): string {
   return PALETTE[((index % PALETTE.length) + PALETTE.length) % PALETTE.length];
 }
 
+/** "#12 " for a detection ml-track gave track 12, else nothing. */
+export function trackPrefix(track: unknown): string {
+  return typeof track === 'number' && Number.isFinite(track) ? `#${track} ` : '';
+}
+
 /** msg.annotations for node-red-node-annotate-image (and our own annotate node). */
 export function toAnnotations(detections: readonly Detection[]): Annotation[] {
   return detections.map((d) => ({
     type: 'rect',
     bbox: [d.box.x, d.box.y, d.box.w, d.box.h],
-    label: `${d.label} ${Math.round(d.score * 100)}%`,
+    label: `${trackPrefix(d.track)}${d.label} ${Math.round(d.score * 100)}%`,
     stroke: classColour(d.index),
   }));
 }

@@ -6,13 +6,15 @@
  *   ml-preprocess  msg.payload = tensor, msg.image = the JPEG, msg.preprocess (PreprocessInfo)
  *   ml-inference   msg.payload = Classification | DetectionResult (arrays for a batch), msg.inference
  *   ml-route       msg.payload.bin, msg.route (RouteInfo)
+ *   ml-track       items: msg.payload (CountedItem); counts: msg.payload (CountReport);
+ *                  frames: msg.payload.detections[i].track, msg.tracks (TrackInfo[])
  */
 import type { Classification, Prediction } from './classification';
-import type { Detection, DetectionResult } from './detection';
+import type { Box, Detection, DetectionResult } from './detection';
 import type { RegionOfInterest, ResizeGeometry } from './preprocess-spec';
 import type { NodeMessage } from './red-types';
 
-export type { Classification, Prediction, Detection, DetectionResult };
+export type { Classification, Prediction, Box, Detection, DetectionResult };
 
 /** Where a frame came from (ml-camera's source types). */
 export type SourceType = 'pattern' | 'folder' | 'file' | 'url' | 'mjpeg' | 'rtsp' | 'v4l2';
@@ -75,6 +77,45 @@ export interface RouteInfo {
   reason: string;
   threshold?: number;
   agreeing?: number;
+}
+
+/** msg.tracks on ml-track's frame output: every live track of the frame's camera. */
+export interface TrackInfo {
+  /** 1, 2, 3... per camera since the node started. */
+  track: number;
+  /** The score-weighted vote over all the track's detections. */
+  label: string;
+  /** Mean score of the winning label's detections. */
+  score: number;
+  /** Where it was last seen, in frame pixels. */
+  box: Box;
+  /** Frames it was detected in. */
+  hits: number;
+  /** Frames since it was last detected (0: in this frame). */
+  missed: number;
+  counted: boolean;
+}
+
+/** msg.payload of ml-track's first output: one per counted item (published to <prefix>/<camera>/item). */
+export interface CountedItem {
+  /** `<camera>-<capture ms>-<seq>-t<track>`: the frame's result id with the track, unique per item. */
+  id: string;
+  camera: string;
+  track: number;
+  label: string;
+  score: number;
+  /** The item in the frame it was counted in (its last detection), in frame pixels. */
+  box: Box;
+  frameSeq: number;
+  capturedAt: string;
+}
+
+/** msg.payload of ml-track's second output: items counted per label over [from, to] (ISO 8601). */
+export interface CountReport {
+  camera: string;
+  from: string;
+  to: string;
+  counts: Record<string, number>;
 }
 
 /** The frame a message belongs to, if it carries one (a message from elsewhere may not). */

@@ -53,6 +53,7 @@ export interface NodeAPI {
   /** Node-RED's event bus (comms events among others); absent in some test stubs. */
   events?: {
     on(event: string, listener: (...args: any[]) => void): unknown;
+    removeListener?(event: string, listener: (...args: any[]) => void): unknown;
     emit(event: string, ...args: unknown[]): unknown;
   };
 }

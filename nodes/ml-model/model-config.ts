@@ -4,11 +4,18 @@ import * as path from 'path';
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 export const BUNDLED_MODEL = path.join(PACKAGE_ROOT, 'models', 'waste-classifier.onnx');
+/** `bundled:conveyor-detector.onnx`: a model in this package's models/ folder, wherever it is installed. */
+export const BUNDLED_PREFIX = 'bundled:';
 
-/** Empty means the bundled waste classifier; relative paths resolve against the Node-RED user directory. */
+/**
+ * Empty means the bundled waste classifier, `bundled:<file>` another model the package ships;
+ * relative paths resolve against the Node-RED user directory.
+ */
 export function resolveModelPath(configured: string | undefined, userDir: string | undefined): string {
   const value = (configured ?? '').trim();
   if (!value) return BUNDLED_MODEL;
+  // Only a file name: a bundled model never points outside models/.
+  if (value.startsWith(BUNDLED_PREFIX)) return path.join(PACKAGE_ROOT, 'models', path.basename(value.slice(BUNDLED_PREFIX.length).trim()));
   if (path.isAbsolute(value)) return value;
   return path.resolve(userDir || process.cwd(), value);
 }
