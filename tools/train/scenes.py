@@ -414,6 +414,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=8, help="scenes (preview) or sequences")
     p.add_argument("--items", type=int, default=12, help="items per belt sequence")
+    p.add_argument("--speed", type=float, default=0, help="belt speed as a fraction of the frame width per frame (0: random, 0.12-0.2)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--photos", type=int, default=0, help="cut only about this many photos of the split (0: all)")
     p.add_argument("--cache-dir", default=os.path.join(HERE, "cache"))
@@ -445,7 +446,7 @@ def main():
         return
     index = []
     for s in range(args.count):
-        frames, truth = belt_sequence(rng, cutouts, args.items)
+        frames, truth = belt_sequence(rng, cutouts, args.items, speed=args.speed * SCENE_W if args.speed else None)
         folder = os.path.join(args.out, f"belt{s}")
         os.makedirs(folder, exist_ok=True)
         for f, im in enumerate(frames):

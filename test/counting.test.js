@@ -1,0 +1,103 @@
+// Counting items on a conveyor with the bundled detector and ml-track, measured against the truth.
+// The belts are built here from validation photos only (tools/train/scenes.py sequences: TrashNet
+// objects cut from their board, riding generated belts left to right, every class equally often),
+// so the detector never saw these objects in training.
+const { test, before } = require('node:test');
+const assert = require('node:assert/strict');
+const { execFileSync } = require('child_process');
+const fs = require('fs');
+const path = require('path');
+
+const { ROOT, DATASET, node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, collect } = require('./helpers');
+const { countBelts, printReport } = require('../tools/evaluate-counting');
+
+const SCENES = path.join(ROOT, 'tools', 'train', 'scenes.py');
+const LABELS = ['cardboard', 'glass', 'metal', 'paper', 'plastic', 'trash'];
+const helper = redHelper();
+let dir;
+
+function makeBelts(out, args) {
+  execFileSync('/usr/bin/python3', [SCENES, 'sequences', '--data', DATASET, '--split', 'val', '--out', out, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return JSON.parse(fs.readFileSync(path.join(out, 'index.json'), 'utf8'));
+}
+
+before(() => {
+  dir = tmpDir('counting-');
+});
+
+test('belts of validation photos: counts per class within 10 % of the truth, the total within 5 %', async () => {
+  const belts = path.join(dir, 'belts');
+  makeBelts(belts, ['--count', '6', '--items', '40', '--seed', '11']);
+  const report = await countBelts({ beltsDir: belts });
+  printReport(report);
+  assert.equal(report.total.truth, 240);
+  for (const [label, c] of Object.entries(report.perClass)) {
+    assert.ok(c.truth >= 25, `${label}: enough items on the belts to measure (${c.truth})`);
+    assert.ok(Math.abs(c.error) <= 0.10, `${label}: counted ${c.counted} of ${c.truth}`);
+  }
+  assert.ok(Math.abs(report.total.error) <= 0.05, `total: counted ${report.total.counted} of ${report.total.truth}`);
+});
+
+test('one item seen in many frames is counted once, with its true class', async () => {
+  const belts = path.join(dir, 'slow');
+  // A slow belt: the item is in view for about 20 frames.
+  const index = makeBelts(belts, ['--count', '3', '--items', '1', '--speed', '0.06', '--seed', '5']);
+  for (const { folder } of index.sequences) {
+    const truth = JSON.parse(fs.readFileSync(path.join(belts, folder, 'truth.json'), 'utf8'));
+    assert.ok(truth.frames.filter((boxes) => boxes.length > 0).length >= 8, 'the item is in view in at least 8 frames');
+  }
+  const report = await countBelts({ beltsDir: belts });
+  printReport(report);
+  for (const belt of report.perBelt) {
+    assert.equal(Object.values(belt.counted).reduce((a, b) => a + b, 0), 1, `${belt.belt}: counted ${JSON.stringify(belt.counted)}, truth ${JSON.stringify(belt.truth)}`);
+  }
+  const right = report.perBelt.filter((b) => JSON.stringify(b.counted) === JSON.stringify(b.truth)).length;
+  assert.ok(right >= 2, `the voted label is right for most items (${right} of 3)`);
+});
+
+test('the counting flow as shipped, two belt cameras: one item message per item crossing, counts per camera on the documented topics', async (t) => {
+  const belts = path.join(dir, 'flow');
+  const index = makeBelts(belts, ['--count', '2', '--items', '12', '--seed', '21']);
+  const broker = await startMosquitto();
+  const sub = await collect(broker.url, ['recycling/#'], 4);
+  const variables = ['MQTT_URL', 'MQTT_PROTOCOL', 'SORTER_INTERVAL_MS', 'SORTER_CAMERAS', 'SORTER_COUNT_PERIOD_S', 'SORTER_DETECTOR', 'SORTER_SPOOL_DIR'];
+  const saved = variables.map((name) => [name, process.env[name]]);
+  Object.assign(process.env, {
+    MQTT_URL: broker.url, SORTER_INTERVAL_MS: '200', SORTER_COUNT_PERIOD_S: '2', SORTER_SPOOL_DIR: path.join(dir, 'spool'),
+    SORTER_CAMERAS: index.sequences.map((s) => `${s.folder}=${path.join(belts, s.folder)}`).join(','),
+  });
+  delete process.env.SORTER_DETECTOR;
+  delete process.env.MQTT_PROTOCOL;
+  try {
+    const flow = JSON.parse(fs.readFileSync(path.join(ROOT, 'flows', 'conveyor-counter.json'), 'utf8'));
+    const ours = Object.keys(require('../package.json')['node-red'].nodes);
+    await loadFlow(helper, ours.map((type) => node(type)).concat([coreNode('common/25-catch.js'), coreNode('common/21-debug.js'), coreNode('common/90-comment.js')]), flow);
+    const frames = Object.fromEntries(index.sequences.map((s) => [s.folder, s.frames]));
+    // Each belt plays once in frames x 200 ms; the folder then loops, and later passes are ignored.
+    const longest = Math.max(...Object.values(frames));
+    await new Promise((resolve) => setTimeout(resolve, longest * 200 + 3000));
+    const items = sub.messages.filter((m) => m.topic.endsWith('/item')).map((m) => JSON.parse(m.payload));
+    const counts = sub.messages.filter((m) => m.topic.endsWith('/counts')).map((m) => ({ topic: m.topic, report: JSON.parse(m.payload) }));
+    for (const s of index.sequences) {
+      const firstPass = items.filter((i) => i.camera === s.folder && i.frameSeq <= frames[s.folder]);
+      t.diagnostic(`${s.folder}: ${firstPass.length} items published, truth ${s.items} (${JSON.stringify(s.counts)})`);
+      assert.ok(Math.abs(firstPass.length - s.items) <= 1, `${s.folder}: ${firstPass.length} items published for ${s.items} on the belt`);
+      for (const item of firstPass) {
+        assert.deepEqual(Object.keys(item).sort(), ['box', 'camera', 'capturedAt', 'frameSeq', 'id', 'label', 'score', 'track']);
+        assert.ok(LABELS.includes(item.label), `label ${item.label}`);
+        assert.ok(item.score > 0 && item.score <= 1 && item.box.w > 0 && item.box.h > 0);
+      }
+      assert.equal(new Set(firstPass.map((i) => i.track)).size, firstPass.length, 'one message per track');
+      const reports = counts.filter((c) => c.topic === `recycling/${s.folder}/counts`);
+      assert.ok(reports.length >= 2, `${s.folder}: a report every 2 s (${reports.length})`);
+      assert.ok(reports.every((c) => c.report.camera === s.folder && Date.parse(c.report.to) > Date.parse(c.report.from)));
+      const reported = reports.reduce((n, c) => n + Object.values(c.report.counts).reduce((a, b) => a + b, 0), 0);
+      assert.ok(reported >= firstPass.length, 'the reports add up to at least the items published');
+    }
+  } finally {
+    for (const [name, value] of saved) if (value === undefined) delete process.env[name]; else process.env[name] = value;
+    await sub.close();
+    await helper.unload();
+    await broker.close();
+  }
+});

@@ -1,0 +1,118 @@
+#!/usr/bin/env node
+// How well the conveyor detector and ml-track count: runs belt sequences (tools/train/scenes.py
+// sequences: one folder of frames per belt, with truth.json) through the collection's own path
+// (sharp pre-processing as the model's metadata says, onnxruntime-node, the detection node's
+// decoding, the tracker as ml-track runs it) and compares the counts per class with the truth.
+// Usage: npx tsc -p . && node tools/evaluate-counting.js --belts /tmp/belts [--model models/conveyor-detector.onnx] [--json out.json]
+// Make belts first: /usr/bin/python3 tools/train/scenes.py sequences --data ../shared/datasets/trashnet --split val --out /tmp/belts
+const fs = require('fs');
+const path = require('path');
+const ort = require('onnxruntime-node');
+
+const { root, option } = require('./cli');
+const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/lib/onnx-metadata'));
+const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
+const { DEFAULT_DETECTION, detect, planDecoding } = require(path.join(root, 'nodes/lib/detection'));
+const { DEFAULT_TRACKER, Tracker } = require(path.join(root, 'nodes/ml-track/tracker'));
+
+/** The flow's settings (flows/conveyor-counter.json), so the figures are the shipped flow's. */
+function flowSettings() {
+  const flow = JSON.parse(fs.readFileSync(path.join(root, 'flows', 'conveyor-counter.json'), 'utf8'));
+  const inference = flow.find((n) => n.type === 'ml-inference');
+  const track = flow.find((n) => n.type === 'ml-track');
+  return {
+    detection: { ...DEFAULT_DETECTION, scoreThreshold: inference.scoreThreshold, iouThreshold: inference.iouThreshold, maxDetections: inference.maxDetections },
+    tracker: { ...DEFAULT_TRACKER, mode: track.mode, direction: track.direction, line: track.line, minHits: track.minHits, maxMissed: track.maxMissed, maxDistance: track.maxDistance },
+  };
+}
+
+/**
+ * Counts every belt under `beltsDir` and compares with its truth.json. Returns per-belt and total
+ * counts per label, the true ones, and relative errors.
+ */
+async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-detector.onnx'), beltsDir, frameMs = 1000 }) {
+  const bytes = fs.readFileSync(modelPath);
+  const meta = describeModel(readOnnxMetadataProps(bytes));
+  const { detection, tracker: trackerOptions } = flowSettings();
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
+  const belts = fs.readdirSync(beltsDir).filter((d) => fs.existsSync(path.join(beltsDir, d, 'truth.json'))).sort();
+  const counted = {};
+  const truth = {};
+  const perBelt = [];
+  let frames = 0;
+  let detections = 0;
+  const started = Date.now();
+  try {
+    for (const belt of belts) {
+      const dir = path.join(beltsDir, belt);
+      const beltTruth = JSON.parse(fs.readFileSync(path.join(dir, 'truth.json'), 'utf8'));
+      const tracker = new Tracker(trackerOptions);
+      const beltCounts = {};
+      const files = fs.readdirSync(dir).filter((f) => f.endsWith('.jpg')).sort();
+      for (const [i, file] of files.entries()) {
+        const { tensor, geometry, sourceWidth, sourceHeight } = await imageToTensor(fs.readFileSync(path.join(dir, file)), meta.preprocess);
+        const outputs = await session.run({ [session.inputNames[0]]: new ort.Tensor(tensor.type, tensor.data, tensor.dims) });
+        const plain = Object.fromEntries(Object.entries(outputs).map(([name, t]) => [name, { data: t.data, dims: t.dims, type: t.type }]));
+        const plan = planDecoding(Object.entries(plain).map(([name, t]) => ({ name, dims: t.dims })), detection.layout, meta.detection, meta.labels.length);
+        const [result] = detect({
+          outputs: plain, plan, inputSize: { width: tensor.dims[3], height: tensor.dims[2] }, geometry, labels: meta.labels, meta: meta.detection,
+        }, detection);
+        detections += result.detections.length;
+        const at = i * frameMs;
+        const update = tracker.update({
+          camera: belt, seq: i + 1, capturedAt: new Date(at).toISOString(), at, width: sourceWidth, height: sourceHeight, detections: result.detections,
+        });
+        for (const item of update.counted) beltCounts[item.label] = (beltCounts[item.label] ?? 0) + 1;
+        frames++;
+      }
+      for (const [label, n] of Object.entries(beltCounts)) counted[label] = (counted[label] ?? 0) + n;
+      for (const [label, n] of Object.entries(beltTruth.counts)) truth[label] = (truth[label] ?? 0) + n;
+      perBelt.push({ belt, frames: files.length, truth: beltTruth.counts, counted: beltCounts });
+    }
+  } finally {
+    await session.release();
+  }
+  const labels = meta.labels;
+  const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
+  const relError = (got, want) => (want === 0 ? (got === 0 ? 0 : Infinity) : (got - want) / want);
+  const perClass = Object.fromEntries(labels.map((l) => [l, { truth: truth[l] ?? 0, counted: counted[l] ?? 0, error: relError(counted[l] ?? 0, truth[l] ?? 0) }]));
+  return {
+    model: path.relative(root, modelPath),
+    belts: perBelt.length,
+    frames,
+    detectionsPerFrame: detections / Math.max(1, frames),
+    msPerFrame: (Date.now() - started) / Math.max(1, frames),
+    total: { truth: sum(truth), counted: sum(counted), error: relError(sum(counted), sum(truth)) },
+    perClass,
+    perBelt,
+  };
+}
+
+function printReport(r) {
+  const pct = (e) => `${e >= 0 ? '+' : ''}${(100 * e).toFixed(1)} %`;
+  console.log(`${r.model}: ${r.belts} belts, ${r.frames} frames, ${r.detectionsPerFrame.toFixed(2)} detections a frame, ${r.msPerFrame.toFixed(1)} ms a frame`);
+  console.log(`  total      counted ${String(r.total.counted).padStart(4)} of ${String(r.total.truth).padStart(4)}  ${pct(r.total.error)}`);
+  for (const [label, c] of Object.entries(r.perClass)) {
+    console.log(`  ${label.padEnd(10)} counted ${String(c.counted).padStart(4)} of ${String(c.truth).padStart(4)}  ${pct(c.error)}`);
+  }
+}
+
+module.exports = { countBelts, printReport, flowSettings };
+
+if (require.main === module) {
+  const beltsDir = option('belts', '');
+  if (!beltsDir) {
+    console.error('usage: node tools/evaluate-counting.js --belts <folder of belt sequences> [--model file.onnx] [--json out.json]');
+    process.exit(2);
+  }
+  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir) })
+    .then((r) => {
+      printReport(r);
+      const json = option('json', '');
+      if (json) fs.writeFileSync(json, JSON.stringify(r, null, 2) + '\n');
+    })
+    .catch((err) => {
+      console.error(err);
+      process.exit(1);
+    });
+}
