@@ -23,12 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export import MEAN, STD, save_with_metadata  # noqa: E402
 from net import WasteNet  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-# Mean/std of ImageNet-like photos in 0..255 units; the ONNX metadata carries them to the nodes.
-MEAN = [124.0, 116.0, 104.0]
-STD = [58.0, 57.0, 57.0]
 
 
 def parse_args():
@@ -258,27 +256,15 @@ def metrics(logits, labels, classes):
 
 
 def export_onnx(model, path, classes, args, extra):
-    import onnx
-
     model.eval()
     dummy = torch.zeros(1, 3, args.height, args.width)
     tmp = path + ".tmp"
     torch.onnx.export(model, dummy, tmp, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                       opset_version=13, do_constant_folding=True)
-    m = onnx.load(tmp)
     preprocess = {"width": args.width, "height": args.height, "resize": "cover", "channels": "RGB",
                   "layout": "NCHW", "dtype": "float32", "mean": MEAN, "std": STD}
-    props = {"labels": json.dumps(classes), "preprocess": json.dumps(preprocess), "output": "logits"}
-    props.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
-    del m.metadata_props[:]
-    for k, v in props.items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
-    m.producer_name = "node-red-contrib-greengrass-ml tools/train"
-    onnx.checker.check_model(m)
-    onnx.save(m, path)
-    os.remove(tmp)
+    save_with_metadata(tmp, path, {"labels": classes, "preprocess": preprocess, "output": "logits", **extra})
 
 
 def main():

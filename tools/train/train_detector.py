@@ -27,10 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scenes  # noqa: E402
+from export import MEAN, STD, save_with_metadata  # noqa: E402
 from net import BasicBlock, conv_bn  # noqa: E402
 
-MEAN = [124.0, 116.0, 104.0]
-STD = [58.0, 57.0, 57.0]
 STRIDE = 16
 
 
@@ -298,28 +297,16 @@ def class_agnostic_recall(exported, val_batches, score_threshold=0.3):
 # ---------------------------------------------------------------------------- main
 
 def export_onnx(exported, path, classes, args, extra):
-    import onnx
-
     exported.eval()
     tmp = path + ".tmp"
     dummy = torch.zeros(1, 3, args.height, args.width)
     torch.onnx.export(exported, dummy, tmp, input_names=["images"], output_names=["output0"],
                       dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}}, opset_version=13,
                       do_constant_folding=True)
-    m = onnx.load(tmp)
     preprocess = {"width": args.width, "height": args.height, "resize": "contain", "pad": [64, 64, 64],
                   "channels": "RGB", "layout": "NCHW", "dtype": "float32", "mean": MEAN, "std": STD}
-    props = {"task": "detect", "labels": json.dumps(classes), "preprocess": json.dumps(preprocess),
-             "detection": json.dumps({"layout": "yolov8", "normalized": False})}
-    props.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
-    del m.metadata_props[:]
-    for k, v in props.items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
-    m.producer_name = "node-red-contrib-greengrass-ml tools/train"
-    onnx.checker.check_model(m)
-    onnx.save(m, path)
-    os.remove(tmp)
+    save_with_metadata(tmp, path, {"task": "detect", "labels": classes, "preprocess": preprocess,
+                                   "detection": {"layout": "yolov8", "normalized": False}, **extra})
 
 
 def main():

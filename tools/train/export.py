@@ -1,0 +1,23 @@
+"""What every model of the recipe shares on export: the input normalisation and our ONNX metadata."""
+import json
+import os
+
+# Mean/std of ImageNet-like photos in 0..255 units; the ONNX metadata carries them to the nodes.
+MEAN = [124.0, 116.0, 104.0]
+STD = [58.0, 57.0, 57.0]
+
+
+def save_with_metadata(exported_path, path, props):
+    """Writes the model torch.onnx exported to `exported_path` as `path` with our metadata `props`
+    (values that are not strings are written as JSON), checked, and removes the exported file."""
+    import onnx
+
+    m = onnx.load(exported_path)
+    del m.metadata_props[:]
+    for k, v in props.items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = k, (v if isinstance(v, str) else json.dumps(v))
+    m.producer_name = "node-red-contrib-greengrass-ml tools/train"
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+    os.remove(exported_path)
