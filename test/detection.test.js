@@ -174,6 +174,8 @@ describe('pure modules', () => {
     assert.deepEqual(kept.map((k) => [k.x1, k.score, k.index]), [[0, 0.9, 0], [0.5, 0.7, 1], [30, 0.5, 0]]);
     assert.equal(nonMaxSuppression([box(1, 0.6, 0), box(0, 0.9, 0)], 1, 10).length, 2, 'IoU threshold 1 keeps every box');
     assert.equal(nonMaxSuppression([box(0, 0.9, 0), box(30, 0.5, 0), box(60, 0.4, 0)], 0.45, 2).length, 2, 'at most max');
+    const across = nonMaxSuppression([box(1, 0.6, 0), box(0, 0.9, 0), box(0.5, 0.7, 1), box(30, 0.5, 2)], 0.45, 10, true);
+    assert.deepEqual(across.map((k) => [k.x1, k.score, k.index]), [[0, 0.9, 0], [30, 0.5, 2]], 'across classes: one box per object, apart ones kept');
   });
 
   test('boxes map back through stretch, cover crop and ROI; what lies in the bars is dropped', () => {

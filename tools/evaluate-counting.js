@@ -21,7 +21,7 @@ function flowSettings() {
   const inference = flow.find((n) => n.type === 'ml-inference');
   const track = flow.find((n) => n.type === 'ml-track');
   return {
-    detection: { ...DEFAULT_DETECTION, scoreThreshold: inference.scoreThreshold, iouThreshold: inference.iouThreshold, maxDetections: inference.maxDetections },
+    detection: { ...DEFAULT_DETECTION, scoreThreshold: inference.scoreThreshold, iouThreshold: inference.iouThreshold, acrossClasses: inference.acrossClasses === true, maxDetections: inference.maxDetections },
     tracker: { ...DEFAULT_TRACKER, mode: track.mode, direction: track.direction, line: track.line, minHits: track.minHits, maxMissed: track.maxMissed, maxDistance: track.maxDistance },
   };
 }

@@ -23,6 +23,8 @@ export interface DetectionSettings {
   scoreThreshold: number;
   /** Boxes of the same class overlapping more than this (intersection over union) are merged. */
   iouThreshold: number;
+  /** Merge overlapping boxes whatever their class: one object is one box even when two classes fire on it. */
+  acrossClasses?: boolean;
   maxDetections: number;
   /** Class filter as written (labels or class numbers); empty keeps every class. */
   classes: string[];
@@ -311,19 +313,21 @@ export function iou(a: Candidate, b: Candidate): number {
 }
 
 /**
- * Greedy class-aware non-maximum suppression: highest score first; a box is dropped when it
- * overlaps a kept box of the same class by more than `iouThreshold`. At most `max` boxes are kept.
+ * Greedy non-maximum suppression: highest score first; a box is dropped when it overlaps a kept box
+ * of the same class (or, across classes, any kept box) by more than `iouThreshold`. At most `max`
+ * boxes are kept.
  */
-export function nonMaxSuppression(candidates: Candidate[], iouThreshold: number, max: number): Candidate[] {
+export function nonMaxSuppression(candidates: Candidate[], iouThreshold: number, max: number, acrossClasses = false): Candidate[] {
   const sorted = candidates.slice().sort((p, q) => q.score - p.score || p.index - q.index);
   const kept: Candidate[] = [];
   const keptByClass = new Map<number, Candidate[]>();
   for (const c of sorted) {
     if (kept.length >= max) break;
-    const same = keptByClass.get(c.index) ?? [];
+    const group = acrossClasses ? -1 : c.index;
+    const same = keptByClass.get(group) ?? [];
     if (same.some((k) => iou(k, c) > iouThreshold)) continue;
     same.push(c);
-    keptByClass.set(c.index, same);
+    keptByClass.set(group, same);
     kept.push(c);
   }
   return kept;
@@ -376,7 +380,7 @@ export function detect(input: DetectInput, settings: DetectionSettings, allowed?
     }
     // Boxes wholly inside the letterbox bars are no boxes; the rest go through NMS, at most max of them.
     const placed = candidates.filter((c) => toFramePixels(c, geometry) !== undefined);
-    const detections: Detection[] = nonMaxSuppression(placed, settings.iouThreshold, settings.maxDetections).map((c) => ({
+    const detections: Detection[] = nonMaxSuppression(placed, settings.iouThreshold, settings.maxDetections, settings.acrossClasses).map((c) => ({
       label: labels?.[c.index] ?? String(c.index),
       score: c.score,
       index: c.index,

@@ -46,6 +46,7 @@ function detectionSettings(config: NodeDef): DetectionSettings {
     layout: choiceSetting(config.layout, ['auto', 'yolov8', 'yolov5', 'end2end', 'ssd'] as const, 'auto', 'layout') as DetectionLayout | 'auto',
     scoreThreshold: numberSetting(config.scoreThreshold, DEFAULT_DETECTION.scoreThreshold, { min: 0, max: 1, name: 'scoreThreshold' }),
     iouThreshold: numberSetting(config.iouThreshold, DEFAULT_DETECTION.iouThreshold, { min: 0, max: 1, name: 'iouThreshold' }),
+    acrossClasses: config.acrossClasses === true,
     maxDetections: Math.round(numberSetting(config.maxDetections, DEFAULT_DETECTION.maxDetections, { min: 1, max: 10000, name: 'maxDetections' })),
     classes,
     boxes: boxes === '' ? undefined : (boxes as BoxFormat),
