@@ -28,8 +28,20 @@ export function firstNonFinite(data: ArrayLike<number | bigint>): { index: numbe
   return undefined;
 }
 
+/**
+ * Data made from image pixels (ml-preprocess) is finite by construction, so ml-inference need not
+ * scan its 50,000+ values again for every frame. Only the very array is trusted: a copy, a JSON
+ * round-trip or a tensor built elsewhere is checked.
+ */
+const finiteByConstruction = new WeakSet<object>();
+
+export function markFinite(data: TensorData): void {
+  finiteByConstruction.add(data);
+}
+
 /** Throws when a float tensor holds NaN or ±Infinity, which no model input should. */
 export function checkFinite(tensor: TensorValue, field = 'msg.payload.data'): void {
+  if (finiteByConstruction.has(tensor.data)) return;
   const bad = firstNonFinite(tensor.data);
   if (bad) throw new Error(`Expected finite tensor values but received ${bad.value} at index ${bad.index} of ${field}`);
 }
