@@ -8,6 +8,19 @@ export interface TensorValue {
   data: TensorData;
 }
 
+/**
+ * A batch handed over as its rows: N one-row tensors of one shape that run as one [N, ...] input.
+ * The rows go to the inference worker one after the other, never copied together on the event loop.
+ */
+export interface RowsTensor {
+  type: TensorType;
+  dims: number[];
+  rows: TensorData[];
+}
+
+/** What a model input may be given as. */
+export type FeedTensor = TensorValue | RowsTensor;
+
 const TYPED_ARRAYS: Record<TensorType, new (buffer: ArrayBufferLike, offset: number, length: number) => TensorData> = {
   float32: Float32Array,
   uint8: Uint8Array,

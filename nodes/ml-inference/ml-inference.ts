@@ -4,7 +4,7 @@
  */
 import { failMessage, showError } from '../lib/node-status';
 import * as path from 'path';
-import { groupForBatches, hasDynamicBatch, outputsOfRow, stackRows } from '../lib/batching';
+import { batchOfRows, groupForBatches, hasDynamicBatch, outputsOfRow } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { cameraOf, InferenceInfo } from '../lib/messages';
 import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
@@ -170,7 +170,7 @@ module.exports = function (RED: NodeAPI) {
     async function runGroup(group: ReadyJob[], loaded: LoadedModel) {
       const started = Date.now();
       const outputName = loaded.outputs[0].name;
-      const result = await model!.run({ [loaded.inputs[0].name]: stackRows(group.map((j) => j.tensor)) });
+      const result = await model!.run({ [loaded.inputs[0].name]: batchOfRows(group.map((j) => j.tensor)) });
       lastMs = result.ms;
       lastBatch = group.length;
       // Results are worked out for every frame before any is sent, so a batch that fails (a
