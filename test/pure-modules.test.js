@@ -227,3 +227,31 @@ test('model paths: empty is the bundled classifier, bundled:<file> a model in th
   assert.equal(resolveModelPath('bundled:../../etc/passwd', '/data'), path.join(PACKAGE_ROOT, 'models', 'passwd'), 'never outside models/');
   assert.equal(resolveModelPath('yolov8n.onnx', '/data'), '/data/yolov8n.onnx');
 });
+
+test('a gated limiter starts a camera\'s decode only while the gate is open for it, keeping its newest frame meanwhile', async () => {
+  const { Limiter, HoldGate, SupersededError } = require('../nodes/lib/limiter');
+  const gate = new HoldGate();
+  const limiter = new Limiter(2, gate);
+  const order = [];
+  const release = gate.hold('a');
+  const releaseAgain = gate.hold('a'); // a second holder (another ml-inference node)
+  const olderA = limiter.run(async () => order.push('a1'), 'a');
+  const b = limiter.run(async () => order.push('b1'), 'b');
+  const newerA = limiter.run(async () => order.push('a2'), 'a');
+  await assert.rejects(olderA, SupersededError);
+  await b;
+  assert.deepEqual(order, ['b1'], 'another camera is not held up by a closed lane');
+  release();
+  release(); // idempotent
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(order, ['b1'], 'closed while anyone holds it');
+  assert.deepEqual(gate.closedLanes, ['a']);
+  releaseAgain();
+  await newerA;
+  assert.deepEqual(order, ['b1', 'a2']);
+  assert.deepEqual(gate.closedLanes, []);
+  // Frames without a camera never wait for the gate.
+  gate.hold('');
+  await limiter.run(async () => order.push('x'));
+  assert.deepEqual(order, ['b1', 'a2', 'x']);
+});

@@ -2,7 +2,7 @@
 import * as os from 'os';
 import sharp from 'sharp';
 import { readJpegHeader } from './jpeg-header';
-import { Limiter } from './limiter';
+import { Limiter, modelRoomGate } from './limiter';
 import { PreprocessSpec, ResizeGeometry, resizeGeometry, tensorDims } from './preprocess-spec';
 import { markFinite, TensorValue } from './tensor';
 
@@ -14,7 +14,7 @@ sharp.cache(false);
  * At most one decode per core at a time, shared by every ml-preprocess node: with many cameras,
  * more would only queue inside libuv's thread pool (slowing each frame) and hold more images in memory.
  */
-const decodeSlots = new Limiter(Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
+const decodeSlots = new Limiter(Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length), modelRoomGate);
 
 export interface PreprocessResult {
   tensor: TensorValue;

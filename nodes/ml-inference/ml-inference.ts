@@ -7,6 +7,7 @@ import * as path from 'path';
 import { batchOfRows, groupForBatches, hasDynamicBatch, outputsOfRow } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { cameraOf, InferenceInfo } from '../lib/messages';
+import { modelRoomGate } from '../lib/limiter';
 import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
@@ -92,6 +93,19 @@ module.exports = function (RED: NodeAPI) {
       settingError = `inference not started: ${errorMessage(err)}`;
     }
     const queue = new FairQueue<Job>(policy, perCamera);
+    /** Cameras whose lane is full: ml-preprocess holds their next frame undecoded until there is room. */
+    const fullLanes = new Map<string, () => void>();
+
+    function updateRoom(camera: string) {
+      if (!camera) return;
+      const full = !closing && queue.laneLength(camera) >= perCamera;
+      const release = fullLanes.get(camera);
+      if (full && !release) fullLanes.set(camera, modelRoomGate.hold(camera));
+      else if (!full && release) {
+        fullLanes.delete(camera);
+        release();
+      }
+    }
     const meter = new RateMeter();
     let busy = false;
     let lastMs = 0;
@@ -243,7 +257,11 @@ module.exports = function (RED: NodeAPI) {
       if (busy) return;
       busy = true;
       try {
-        while (!closing && queue.length) await serve(queue.take(maxBatch));
+        while (!closing && queue.length) {
+          const jobs = queue.take(maxBatch);
+          jobs.forEach((job) => updateRoom(job.camera));
+          await serve(jobs);
+        }
       } finally {
         busy = false;
       }
@@ -251,18 +269,21 @@ module.exports = function (RED: NodeAPI) {
 
     node.on('input', (msg, send, done) => {
       if (settingError) return done(new Error(settingError));
-      const camera = cameraOf(msg);
+      const camera = cameraOf(msg); // '' for frames without a camera: one lane, and no decode waits for it
       const droppedJob = queue.offer(camera, { msg, send, done, arrived: Date.now(), camera });
       if (droppedJob) {
         showStatus(true);
         droppedJob.done(); // a deliberate drop under load is not an error
       }
+      updateRoom(camera);
       pump().catch((err) => node.error(`inference queue stopped: ${errorMessage(err)}`));
     });
 
     node.on('close', (removed: boolean, done: () => void) => {
       closing = true;
       for (const job of queue.drain()) job.done();
+      for (const release of fullLanes.values()) release();
+      fullLanes.clear();
       if (!model || settingError) return done(); // never registered
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);
