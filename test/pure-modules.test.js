@@ -255,3 +255,29 @@ test('a gated limiter starts a camera\'s decode only while the gate is open for 
   await limiter.run(async () => order.push('x'));
   assert.deepEqual(order, ['b1', 'a2', 'x']);
 });
+
+test('ModelRoom: a camera waits while its lane is full, and every camera of the node waits while two batches are already queued', () => {
+  const { HoldGate, ModelRoom } = require('../nodes/lib/limiter');
+  const gate = new HoldGate();
+  const room = new ModelRoom(gate, 4, 1);
+  const lanes = new Map();
+  const length = (c) => lanes.get(c) ?? 0;
+  const offer = (c) => { lanes.set(c, length(c) + 1); room.update(c, length, [...lanes.values()].reduce((a, b) => a + b, 0)); };
+  const take = (c) => { lanes.set(c, length(c) - 1); room.update(c, length, [...lanes.values()].reduce((a, b) => a + b, 0)); };
+  offer('a');
+  assert.deepEqual(gate.closedLanes, ['a'], 'a full lane (one frame per camera) holds that camera only');
+  offer('b');
+  offer('c');
+  take('a');
+  assert.deepEqual(gate.closedLanes.sort(), ['b', 'c']);
+  offer('a');
+  offer('d');
+  assert.deepEqual(gate.closedLanes.sort(), ['a', 'b', 'c', 'd'], 'four waiting: every camera this node has seen waits');
+  take('a');
+  assert.deepEqual(gate.closedLanes.sort(), ['b', 'c', 'd'], 'below two batches again: only full lanes wait');
+  assert.ok(gate.isOpen('other'), 'a camera the node never had is not held');
+  room.update('', length, 3); // frames without a camera are never held
+  assert.ok(gate.isOpen(''));
+  room.releaseAll();
+  assert.deepEqual(gate.closedLanes, []);
+});

@@ -58,11 +58,59 @@ export class HoldGate implements LaneGate {
 }
 
 /**
- * Shared by every ml-preprocess (its decode limiter) and ml-inference node: closed for a camera while
- * an ml-inference node has no room for another frame of it, so that camera's newest frame waits
- * undecoded instead of being decoded only to be dropped.
+ * Shared by every ml-preprocess (its decode limiter) and ml-inference node (ModelRoom): closed for a
+ * camera while an ml-inference node has no room for another frame of it, so that camera's newest
+ * frame waits undecoded instead of being decoded only to be dropped or to wait long.
  */
 export const modelRoomGate = new HoldGate();
+
+/** At most this many cameras are remembered per ml-inference node for ModelRoom's look-ahead. */
+const MAX_KNOWN_CAMERAS = 10_000;
+
+/**
+ * What one ml-inference node tells the decode limiter through a HoldGate. A camera's next frame
+ * waits undecoded while the node's lane for that camera is full (it would only replace the frame
+ * waiting there), and, for every camera the node has had frames from, while the node already has
+ * `ahead` frames waiting (two batches): frames are then decoded shortly before the model is ready
+ * for them, so they are fresh and their tensors do not live long (cheap to collect). Cameras that
+ * only feed other nodes are never held by this one.
+ */
+export class ModelRoom {
+  private readonly holds = new Map<string, () => void>();
+  private readonly known = new Set<string>();
+  private over = false;
+
+  constructor(private readonly gate: HoldGate, readonly ahead: number, readonly perLane: number) {}
+
+  /** After frames of `camera` were queued or taken: `laneLength` and `waiting` describe the queue now. */
+  update(camera: string, laneLength: (camera: string) => number, waiting: number): void {
+    if (camera && !this.known.has(camera) && this.known.size < MAX_KNOWN_CAMERAS) this.known.add(camera);
+    const over = waiting >= this.ahead;
+    if (over !== this.over) {
+      this.over = over;
+      for (const c of this.known) this.set(c, this.over || laneLength(c) >= this.perLane);
+    }
+    if (camera) this.set(camera, (this.over && this.known.has(camera)) || laneLength(camera) >= this.perLane);
+  }
+
+  /** Opens every lane this node holds (it is closing). */
+  releaseAll(): void {
+    const releases = [...this.holds.values()];
+    this.holds.clear();
+    this.known.clear();
+    this.over = false;
+    releases.forEach((release) => release());
+  }
+
+  private set(camera: string, closed: boolean): void {
+    const release = this.holds.get(camera);
+    if (closed && !release) this.holds.set(camera, this.gate.hold(camera));
+    else if (!closed && release) {
+      this.holds.delete(camera);
+      release();
+    }
+  }
+}
 
 interface Waiting {
   lane?: string;
@@ -85,11 +133,16 @@ export class Limiter {
     } else {
       // Counted as running by whoever starts it (startWaiting).
       await new Promise<void>((start, reject) => {
-        if (lane !== undefined) {
-          const older = this.waiting.findIndex((w) => w.lane === lane);
-          if (older >= 0) this.waiting.splice(older, 1)[0].supersede();
+        const entry = { lane, start, supersede: () => reject(new SupersededError(lane ?? '')) };
+        // The newer frame takes the older one's place: a camera waits its turn from when it began
+        // to wait, however often its frame is replaced meanwhile (no camera is passed over for good).
+        const older = lane === undefined ? -1 : this.waiting.findIndex((w) => w.lane === lane);
+        if (older >= 0) {
+          this.waiting[older].supersede();
+          this.waiting[older] = entry;
+        } else {
+          this.waiting.push(entry);
         }
-        this.waiting.push({ lane, start, supersede: () => reject(new SupersededError(lane ?? '')) });
       });
     }
     try {

@@ -7,7 +7,7 @@ import * as path from 'path';
 import { batchOfRows, groupForBatches, hasDynamicBatch, outputsOfRow } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { cameraOf, InferenceInfo } from '../lib/messages';
-import { modelRoomGate } from '../lib/limiter';
+import { ModelRoom, modelRoomGate } from '../lib/limiter';
 import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
@@ -93,19 +93,11 @@ module.exports = function (RED: NodeAPI) {
       settingError = `inference not started: ${errorMessage(err)}`;
     }
     const queue = new FairQueue<Job>(policy, perCamera);
-    /** Cameras whose lane is full: ml-preprocess holds their next frame undecoded until there is room. */
-    const fullLanes = new Map<string, () => void>();
-
-    function updateRoom(camera: string) {
-      if (!camera) return;
-      const full = !closing && queue.laneLength(camera) >= perCamera;
-      const release = fullLanes.get(camera);
-      if (full && !release) fullLanes.set(camera, modelRoomGate.hold(camera));
-      else if (!full && release) {
-        fullLanes.delete(camera);
-        release();
-      }
-    }
+    /** ml-preprocess holds frames undecoded while this node has no room for them (see ModelRoom). */
+    const room = new ModelRoom(modelRoomGate, 2 * maxBatch, perCamera);
+    const updateRoom = (camera: string) => {
+      if (!closing) room.update(camera, (c) => queue.laneLength(c), queue.length);
+    };
     const meter = new RateMeter();
     let busy = false;
     let lastMs = 0;
@@ -282,8 +274,7 @@ module.exports = function (RED: NodeAPI) {
     node.on('close', (removed: boolean, done: () => void) => {
       closing = true;
       for (const job of queue.drain()) job.done();
-      for (const release of fullLanes.values()) release();
-      fullLanes.clear();
+      room.releaseAll();
       if (!model || settingError) return done(); // never registered
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);
