@@ -233,27 +233,38 @@ test('a gated limiter starts a camera\'s decode only while the gate is open for 
   const gate = new HoldGate();
   const limiter = new Limiter(2, gate);
   const order = [];
+  // Two consumers of camera a (two ml-inference nodes), both without room.
+  const consumers = [gate.consume('a'), gate.consume('a')];
   const release = gate.hold('a');
-  const releaseAgain = gate.hold('a'); // a second holder (another ml-inference node)
+  const releaseAgain = gate.hold('a');
   const olderA = limiter.run(async () => order.push('a1'), 'a');
   const b = limiter.run(async () => order.push('b1'), 'b');
   const newerA = limiter.run(async () => order.push('a2'), 'a');
   await assert.rejects(olderA, SupersededError);
   await b;
   assert.deepEqual(order, ['b1'], 'another camera is not held up by a closed lane');
+  assert.deepEqual(gate.closedLanes, ['a']);
   release();
   release(); // idempotent
-  await new Promise((r) => setImmediate(r));
-  assert.deepEqual(order, ['b1'], 'closed while anyone holds it');
-  assert.deepEqual(gate.closedLanes, ['a']);
-  releaseAgain();
   await newerA;
+  assert.deepEqual(order, ['b1', 'a2'], 'open as soon as one of its consumers has room');
+  // The other consumer still has no room; once it is the only consumer, the lane is closed again.
+  consumers[0]();
+  assert.deepEqual(gate.closedLanes, ['a']);
+  const waiting = limiter.run(async () => order.push('a3'), 'a');
+  await new Promise((r) => setImmediate(r));
   assert.deepEqual(order, ['b1', 'a2']);
+  releaseAgain();
+  await waiting;
+  assert.deepEqual(order, ['b1', 'a2', 'a3']);
+  consumers[1]();
   assert.deepEqual(gate.closedLanes, []);
-  // Frames without a camera never wait for the gate.
+  // Frames without a camera, and cameras nobody consumes, never wait for the gate.
   gate.hold('');
+  gate.hold('nobody');
   await limiter.run(async () => order.push('x'));
-  assert.deepEqual(order, ['b1', 'a2', 'x']);
+  await limiter.run(async () => order.push('n'), 'nobody');
+  assert.deepEqual(order, ['b1', 'a2', 'a3', 'x', 'n']);
 });
 
 test('ModelRoom: a camera waits while its lane is full, and every camera of the node waits while two batches are already queued', () => {
@@ -278,6 +289,11 @@ test('ModelRoom: a camera waits while its lane is full, and every camera of the 
   assert.ok(gate.isOpen('other'), 'a camera the node never had is not held');
   room.update('', length, 3); // frames without a camera are never held
   assert.ok(gate.isOpen(''));
+  // A second node consuming camera b, with room: b's frames are decoded again (the first node drops them).
+  const other = new ModelRoom(gate, 4, 1);
+  other.update('b', () => 0, 0);
+  assert.ok(gate.isOpen('b'));
   room.releaseAll();
+  other.releaseAll();
   assert.deepEqual(gate.closedLanes, []);
 });

@@ -21,39 +21,57 @@ export interface LaneGate {
   onOpen(listener: (lane: string) => void): void;
 }
 
-/** A gate closed for a lane while anyone holds it (counted holds; each release is idempotent). */
+/**
+ * A gate per lane between producers and the consumers of its frames. Without consumers a lane is
+ * open; with some, it closes once every one of them holds it (each release is idempotent): a frame
+ * fed to two models is decoded while either has room, as before, the other dropping it.
+ */
 export class HoldGate implements LaneGate {
   private readonly holds = new Map<string, number>();
+  private readonly consumers = new Map<string, number>();
   private readonly listeners: ((lane: string) => void)[] = [];
 
   isOpen(lane: string): boolean {
-    return !this.holds.has(lane);
+    const consumers = this.consumers.get(lane) ?? 0;
+    return consumers === 0 || (this.holds.get(lane) ?? 0) < consumers;
   }
 
-  /** Closes `lane` until the returned function is called. */
+  /** One more consumer of `lane`, until the returned function is called. */
+  consume(lane: string): () => void {
+    this.consumers.set(lane, (this.consumers.get(lane) ?? 0) + 1);
+    return this.once(() => this.decrement(this.consumers, lane));
+  }
+
+  /** One consumer has no room in `lane` until the returned function is called. */
   hold(lane: string): () => void {
     this.holds.set(lane, (this.holds.get(lane) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const left = (this.holds.get(lane) ?? 1) - 1;
-      if (left > 0) {
-        this.holds.set(lane, left);
-        return;
-      }
-      this.holds.delete(lane);
-      for (const listener of this.listeners) listener(lane);
-    };
+    return this.once(() => this.decrement(this.holds, lane));
   }
 
   onOpen(listener: (lane: string) => void): void {
     this.listeners.push(listener);
   }
 
-  /** Lanes held closed now (for tests and diagnostics). */
+  /** Lanes closed now (for tests and diagnostics). */
   get closedLanes(): string[] {
-    return [...this.holds.keys()];
+    return [...this.holds.keys()].filter((lane) => !this.isOpen(lane));
+  }
+
+  private once(fn: () => void): () => void {
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      fn();
+    };
+  }
+
+  private decrement(counts: Map<string, number>, lane: string): void {
+    const wasOpen = this.isOpen(lane);
+    const left = (counts.get(lane) ?? 1) - 1;
+    if (left > 0) counts.set(lane, left);
+    else counts.delete(lane);
+    if (!wasOpen && this.isOpen(lane)) for (const listener of this.listeners) listener(lane);
   }
 }
 
@@ -77,25 +95,26 @@ const MAX_KNOWN_CAMERAS = 10_000;
  */
 export class ModelRoom {
   private readonly holds = new Map<string, () => void>();
-  private readonly known = new Set<string>();
+  /** Cameras this node had frames of, each registered as a consumer of its lane. */
+  private readonly known = new Map<string, () => void>();
   private over = false;
 
   constructor(private readonly gate: HoldGate, readonly ahead: number, readonly perLane: number) {}
 
   /** After frames of `camera` were queued or taken: `laneLength` and `waiting` describe the queue now. */
   update(camera: string, laneLength: (camera: string) => number, waiting: number): void {
-    if (camera && !this.known.has(camera) && this.known.size < MAX_KNOWN_CAMERAS) this.known.add(camera);
+    if (camera && !this.known.has(camera) && this.known.size < MAX_KNOWN_CAMERAS) this.known.set(camera, this.gate.consume(camera));
     const over = waiting >= this.ahead;
     if (over !== this.over) {
       this.over = over;
-      for (const c of this.known) this.set(c, this.over || laneLength(c) >= this.perLane);
+      for (const c of this.known.keys()) this.set(c, this.over || laneLength(c) >= this.perLane);
     }
     if (camera) this.set(camera, (this.over && this.known.has(camera)) || laneLength(camera) >= this.perLane);
   }
 
   /** Opens every lane this node holds (it is closing). */
   releaseAll(): void {
-    const releases = [...this.holds.values()];
+    const releases = [...this.holds.values(), ...this.known.values()];
     this.holds.clear();
     this.known.clear();
     this.over = false;
@@ -104,7 +123,7 @@ export class ModelRoom {
 
   private set(camera: string, closed: boolean): void {
     const release = this.holds.get(camera);
-    if (closed && !release) this.holds.set(camera, this.gate.hold(camera));
+    if (closed && !release && this.known.has(camera)) this.holds.set(camera, this.gate.hold(camera));
     else if (!closed && release) {
       this.holds.delete(camera);
       release();
