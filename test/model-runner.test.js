@@ -150,3 +150,36 @@ test('plain-array tensor data is checked value by value instead of silently conv
   assert.throws(() => toTensorValue({ type: 'float32', dims: [1], data: 'abc' }), /msg.payload.data must be a typed array or an array of numbers, got string/);
   assert.deepEqual(Array.from(toTensorValue({ type: 'int64', dims: [2], data: [1, -2] }).data), [1n, -2n]);
 });
+
+test('a batch given as rows runs as one tensor of those rows, on the data pipe and inside the IPC message alike', async () => {
+  const { wireFeeds } = require('../nodes/lib/model-runner');
+  const rows = [0, 1, 2].map((k) => Float32Array.from({ length: 3 * 160 * 120 }, (_, i) => Math.sin(i * (k + 1)) * 2));
+  // A row that is a view into a larger buffer sends its own bytes only.
+  const padded = new Float32Array(rows[1].length + 10);
+  padded.set(rows[1], 5);
+  const batch = { type: 'float32', dims: [3, 3, 160, 120], rows: [rows[0], padded.subarray(5, 5 + rows[1].length), rows[2]] };
+  const runner = new ModelRunner(MODEL, { session });
+  try {
+    await runner.load();
+    const alone = [];
+    for (const data of rows) alone.push((await runner.run({ input: { type: 'float32', dims: [1, 3, 160, 120], data } })).outputs);
+    const together = (await runner.run({ input: batch })).outputs;
+    const name = Object.keys(together)[0];
+    assert.deepEqual(together[name].dims, [3, alone[0][name].dims[1]]);
+    const width = alone[0][name].data.length;
+    rows.forEach((_, r) => {
+      Array.from(alone[r][name].data).forEach((v, i) => assert.ok(Math.abs(v - together[name].data[r * width + i]) < 1e-4, `row ${r} value ${i}`));
+    });
+  } finally {
+    await runner.close();
+  }
+  // Without a data pipe (Windows) the rows are joined into one typed array of their type.
+  const { wire, piped } = wireFeeds({ input: batch }, false);
+  assert.deepEqual(piped, []);
+  assert.ok(wire.input.data instanceof Float32Array);
+  assert.deepEqual(Array.from(wire.input.data.subarray(rows[0].length, rows[0].length + 4)), Array.from(rows[1].subarray(0, 4)));
+  assert.equal(wire.input.data.length, 3 * rows[0].length);
+  const piping = wireFeeds({ input: batch }, true);
+  assert.deepEqual(piping.wire.input, { type: 'float32', dims: [3, 3, 160, 120], piped: 3 * rows[0].byteLength });
+  assert.equal(piping.piped[0].length, 3);
+});

@@ -227,3 +227,73 @@ test('model paths: empty is the bundled classifier, bundled:<file> a model in th
   assert.equal(resolveModelPath('bundled:../../etc/passwd', '/data'), path.join(PACKAGE_ROOT, 'models', 'passwd'), 'never outside models/');
   assert.equal(resolveModelPath('yolov8n.onnx', '/data'), '/data/yolov8n.onnx');
 });
+
+test('a gated limiter starts a camera\'s decode only while the gate is open for it, keeping its newest frame meanwhile', async () => {
+  const { Limiter, HoldGate, SupersededError } = require('../nodes/lib/limiter');
+  const gate = new HoldGate();
+  const limiter = new Limiter(2, gate);
+  const order = [];
+  // Two consumers of camera a (two ml-inference nodes), both without room.
+  const consumers = [gate.consume('a'), gate.consume('a')];
+  const release = gate.hold('a');
+  const releaseAgain = gate.hold('a');
+  const olderA = limiter.run(async () => order.push('a1'), 'a');
+  const b = limiter.run(async () => order.push('b1'), 'b');
+  const newerA = limiter.run(async () => order.push('a2'), 'a');
+  await assert.rejects(olderA, SupersededError);
+  await b;
+  assert.deepEqual(order, ['b1'], 'another camera is not held up by a closed lane');
+  assert.deepEqual(gate.closedLanes, ['a']);
+  release();
+  release(); // idempotent
+  await newerA;
+  assert.deepEqual(order, ['b1', 'a2'], 'open as soon as one of its consumers has room');
+  // The other consumer still has no room; once it is the only consumer, the lane is closed again.
+  consumers[0]();
+  assert.deepEqual(gate.closedLanes, ['a']);
+  const waiting = limiter.run(async () => order.push('a3'), 'a');
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(order, ['b1', 'a2']);
+  releaseAgain();
+  await waiting;
+  assert.deepEqual(order, ['b1', 'a2', 'a3']);
+  consumers[1]();
+  assert.deepEqual(gate.closedLanes, []);
+  // Frames without a camera, and cameras nobody consumes, never wait for the gate.
+  gate.hold('');
+  gate.hold('nobody');
+  await limiter.run(async () => order.push('x'));
+  await limiter.run(async () => order.push('n'), 'nobody');
+  assert.deepEqual(order, ['b1', 'a2', 'a3', 'x', 'n']);
+});
+
+test('ModelRoom: a camera waits while its lane is full, and every camera of the node waits while two batches are already queued', () => {
+  const { HoldGate, ModelRoom } = require('../nodes/lib/limiter');
+  const gate = new HoldGate();
+  const room = new ModelRoom(gate, 4, 1);
+  const lanes = new Map();
+  const length = (c) => lanes.get(c) ?? 0;
+  const offer = (c) => { lanes.set(c, length(c) + 1); room.update(c, length, [...lanes.values()].reduce((a, b) => a + b, 0)); };
+  const take = (c) => { lanes.set(c, length(c) - 1); room.update(c, length, [...lanes.values()].reduce((a, b) => a + b, 0)); };
+  offer('a');
+  assert.deepEqual(gate.closedLanes, ['a'], 'a full lane (one frame per camera) holds that camera only');
+  offer('b');
+  offer('c');
+  take('a');
+  assert.deepEqual(gate.closedLanes.sort(), ['b', 'c']);
+  offer('a');
+  offer('d');
+  assert.deepEqual(gate.closedLanes.sort(), ['a', 'b', 'c', 'd'], 'four waiting: every camera this node has seen waits');
+  take('a');
+  assert.deepEqual(gate.closedLanes.sort(), ['b', 'c', 'd'], 'below two batches again: only full lanes wait');
+  assert.ok(gate.isOpen('other'), 'a camera the node never had is not held');
+  room.update('', length, 3); // frames without a camera are never held
+  assert.ok(gate.isOpen(''));
+  // A second node consuming camera b, with room: b's frames are decoded again (the first node drops them).
+  const other = new ModelRoom(gate, 4, 1);
+  other.update('b', () => 0, 0);
+  assert.ok(gate.isOpen('b'));
+  room.releaseAll();
+  other.releaseAll();
+  assert.deepEqual(gate.closedLanes, []);
+});

@@ -4,8 +4,11 @@
 // Prints results / frames captured, capture-to-delivery latency, event-loop delay, CPU per frame next
 // to the raw floor (sharp + onnxruntime on the same photos, one at a time, measured in the same run)
 // and RSS; then a saturation run. Each camera count runs in a fresh process.
+// With --routed each count runs a second time on the flow cut after ml-route (its outputs wired to
+// one junction, no publishing, no broker traffic): the CPU of camera -> routed result alone.
+// --cpu-profile <dir> (with --one) writes a .cpuprofile of the main thread over the measured seconds.
 //
-//   npm run benchmark -- --cameras 1,10,50,100 --seconds 20 [--saturate]
+//   npm run benchmark -- --cameras 1,10,50,100 --seconds 20 [--saturate] [--routed]
 const { execFileSync } = require('child_process');
 const fs = require('fs');
 const os = require('os');
@@ -85,18 +88,50 @@ async function measureFloor(files) {
   return { cpuMs: (used.user + used.system) / 1000 / images.length, wallMs };
 }
 
-/** The sample flow with its one camera replaced by `cameras` folder cameras (what dragging N camera nodes gives). */
-function sorterFlow(cameras, intervalMs, sources) {
-  const flow = JSON.parse(fs.readFileSync(path.join(root, 'flows', 'recycling-sorter.json'), 'utf8'));
+const SINK = 'bench-routed';
+
+/**
+ * The sample flow with its one camera replaced by `cameras` folder cameras (what dragging N camera
+ * nodes gives). `routedOnly` cuts it after ml-route: every route output goes to one junction, and
+ * what published (the change, publish, file nodes and the broker connection) is left out.
+ */
+function sorterFlow(cameras, intervalMs, sources, routedOnly = false) {
+  let flow = JSON.parse(fs.readFileSync(path.join(root, 'flows', 'recycling-sorter.json'), 'utf8'));
   const template = flow.find((n) => n.id === 'camera');
+  if (routedOnly) {
+    const route = flow.find((n) => n.type === 'ml-route');
+    const dropped = new Set(flow.filter((n) => ['greengrass-publish', 'greengrass-connection', 'change', 'file'].includes(n.type)).map((n) => n.id));
+    flow = flow.filter((n) => !dropped.has(n.id)).map((n) => (n.wires ? { ...n, wires: n.wires.map((w) => w.filter((id) => !dropped.has(id))) } : n));
+    flow.find((n) => n.id === route.id).wires = route.wires.map(() => [SINK]);
+    flow.push({ id: SINK, type: 'junction', z: route.z, x: route.x + 200, y: route.y, wires: [[]] });
+  }
   const others = flow.filter((n) => n.id !== 'camera').map((n) => (n.type === 'greengrass-connection' && flag('no-spool') ? { ...n, spool: false } : n));
   const clones = Array.from({ length: cameras }, (_, i) => ({
     ...template, id: `camera-${i + 1}`, name: `belt${i + 1}`, cameraId: `belt${i + 1}`, source: sources[i % sources.length], interval: String(intervalMs), y: template.y + i,
+    wires: routedOnly ? [template.wires[0], []] : template.wires,
   }));
   return [...others, ...clones];
 }
 
-async function runOne(cameras, seconds, intervalMs) {
+/** Starts the inspector's sampling profiler; the returned function stops it and writes the profile. */
+async function startProfile(dir) {
+  const inspector = require('inspector');
+  const session = new inspector.Session();
+  session.connect();
+  const post = (method, params) => new Promise((resolve, reject) => session.post(method, params, (err, r) => (err ? reject(err) : resolve(r))));
+  await post('Profiler.enable');
+  await post('Profiler.start');
+  return async (name) => {
+    const { profile } = await post('Profiler.stop');
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, `${name}.cpuprofile`);
+    fs.writeFileSync(file, JSON.stringify(profile));
+    session.disconnect();
+    return file;
+  };
+}
+
+async function runOne(cameras, seconds, intervalMs, routedOnly = false) {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'flow-bench-'));
   const files = photos(240);
   // Each camera plays its own folder of 24 photos (links to the shared ones), looping.
@@ -128,7 +163,7 @@ async function runOne(cameras, seconds, intervalMs) {
   const userDir = path.join(work, 'user');
   fs.mkdirSync(path.join(userDir, 'node_modules'), { recursive: true });
   fs.symlinkSync(root, path.join(userDir, 'node_modules', 'node-red-contrib-greengrass-ml'), 'dir');
-  fs.writeFileSync(path.join(userDir, 'flows.json'), JSON.stringify(sorterFlow(cameras, intervalMs, sources)));
+  fs.writeFileSync(path.join(userDir, 'flows.json'), JSON.stringify(sorterFlow(cameras, intervalMs, sources, routedOnly)));
   Object.assign(process.env, {
     MQTT_URL: broker.url, SORTER_REVIEW_DIR: path.join(work, 'review'), SORTER_SPOOL_DIR: path.join(work, 'spool'),
   });
@@ -140,7 +175,15 @@ async function runOne(cameras, seconds, intervalMs) {
   let captured = 0;
   // Counts frames as the cameras send them (Node-RED's messaging hooks see every delivery).
   RED.hooks.add('onReceive.bench', (event) => {
-    if (measuring && event.destination.node?.type === 'ml-preprocess') captured++;
+    if (!measuring) return;
+    if (event.destination.node?.type === 'ml-preprocess') captured++;
+    else if (event.destination.id === SINK) {
+      // The routed-only flow: a result is a message leaving ml-route.
+      const frame = event.msg.frame;
+      results++;
+      perCamera.set(frame.camera, (perCamera.get(frame.camera) ?? 0) + 1);
+      latencies.push(Date.now() - Date.parse(frame.capturedAt));
+    }
   });
   await RED.start();
   await new Promise((r) => setTimeout(r, 4000)); // the model loads, the cameras start, the broker connects
@@ -150,6 +193,8 @@ async function runOne(cameras, seconds, intervalMs) {
   const exclude = new Set([broker.pid]);
   const rssStart = rssMb();
   const cpuStart = cpuSplit(exclude);
+  const profileDir = option('cpu-profile');
+  const stopProfile = profileDir ? await startProfile(profileDir) : undefined;
   const ownStart = process.cpuUsage();
   measuring = true;
   delay.enable();
@@ -158,6 +203,7 @@ async function runOne(cameras, seconds, intervalMs) {
   delay.disable();
   const cpuEnd = cpuSplit(exclude);
   const ownUsage = process.cpuUsage(ownStart);
+  if (stopProfile) process.stderr.write(`profile: ${await stopProfile(`flow-${cameras}-${intervalMs}${routedOnly ? '-routed' : ''}`)}\n`);
   const cpuUsed = cpuEnd.main + cpuEnd.children - cpuStart.main - cpuStart.children;
   const workerCpu = cpuEnd.children - cpuStart.children;
   const rssEnd = rssMb();
@@ -168,7 +214,7 @@ async function runOne(cameras, seconds, intervalMs) {
   fs.rmSync(work, { recursive: true, force: true });
   const starved = Array.from({ length: cameras }, (_, i) => `belt${i + 1}`).filter((c) => !perCamera.get(c));
   return {
-    cameras, seconds, intervalMs, captured, results,
+    cameras, seconds, intervalMs, routedOnly, captured, results,
     p50: percentile(latencies, 50), p99: percentile(latencies, 99),
     // The histogram holds the time between samples: what is over the sampling period is the delay.
     loopP99: Math.max(0, delay.percentile(99) / 1e6 - 10),
@@ -179,24 +225,25 @@ async function runOne(cameras, seconds, intervalMs) {
 
 function format(r) {
   const ratio = (r.cpuPerFrame / r.floorCpu).toFixed(2);
-  return `| ${r.intervalMs < 1000 ? `${r.cameras} (saturation, ${r.intervalMs} ms)` : r.cameras} | ${r.captured} | ${r.results} (${((100 * r.results) / Math.max(1, r.captured)).toFixed(1)} %) | ${r.p50.toFixed(0)} / ${r.p99.toFixed(0)} ms | ${r.loopP99.toFixed(1)} ms | ${r.cpuPerFrame.toFixed(1)} ms = ${ratio}x floor ${r.floorCpu.toFixed(1)} ms | ${r.throughput.toFixed(1)}/s = ${((r.throughput * r.floorWall) / 10).toFixed(0)} % of floor ${(1000 / r.floorWall).toFixed(0)}/s | ${r.rssStart.toFixed(0)} -> ${r.rssEnd.toFixed(0)} MB | ${r.starved} |`;
+  const what = `${r.intervalMs < 1000 ? `${r.cameras} (saturation, ${r.intervalMs} ms)` : r.cameras}${r.routedOnly ? ', camera -> routed' : ''}`;
+  return `| ${what} | ${r.captured} | ${r.results} (${((100 * r.results) / Math.max(1, r.captured)).toFixed(1)} %) | ${r.p50.toFixed(0)} / ${r.p99.toFixed(0)} ms | ${r.loopP99.toFixed(1)} ms | ${r.cpuPerFrame.toFixed(1)} ms = ${ratio}x floor ${r.floorCpu.toFixed(1)} ms | ${r.throughput.toFixed(1)}/s = ${((r.throughput * r.floorWall) / 10).toFixed(0)} % of floor ${(1000 / r.floorWall).toFixed(0)}/s | ${r.rssStart.toFixed(0)} -> ${r.rssEnd.toFixed(0)} MB | ${r.starved} |`;
 }
 
 async function main() {
   if (flag('one')) {
-    const r = await runOne(Number(option('cameras', 1)), Number(option('seconds', 20)), Number(option('interval', 1000)));
+    const r = await runOne(Number(option('cameras', 1)), Number(option('seconds', 20)), Number(option('interval', 1000)), flag('routed'));
     process.stdout.write(`${JSON.stringify(r)}\n`);
     process.exit(0);
   }
   const counts = String(option('cameras', '1,10,50,100')).split(',').map(Number);
   const seconds = Number(option('seconds', 20));
-  const runs = counts.map((n) => ({ cameras: n, interval: 1000 }));
+  const runs = counts.flatMap((n) => [{ cameras: n, interval: 1000 }, ...(flag('routed') ? [{ cameras: n, interval: 1000, routed: true }] : [])]);
   if (flag('saturate')) runs.push({ cameras: 20, interval: 50 });
   console.log(`sorter flow benchmark: ${os.cpus().length} x ${os.cpus()[0].model}, Node ${process.version}, ${seconds} s per run`);
   console.log('| cameras | frames captured | results | capture -> delivered p50 / p99 | event loop p99 | CPU per frame (vs floor) | throughput | RSS start -> end | starved cameras |');
   console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const run of runs) {
-    const out = execFileSync(process.execPath, [__filename, '--one', '--cameras', String(run.cameras), '--seconds', String(seconds), '--interval', String(run.interval), '--data', dataset], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+    const out = execFileSync(process.execPath, [__filename, '--one', '--cameras', String(run.cameras), '--seconds', String(seconds), '--interval', String(run.interval), '--data', dataset, ...(run.routed ? ['--routed'] : [])], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
     console.log(format(JSON.parse(out.trim().split('\n').pop())));
   }
 }

@@ -2,7 +2,7 @@
  * Micro-batching: frames that wait for the model together run as one batch along the first
  * dimension (when the model's batch dimension is dynamic), and the outputs are split back per frame.
  */
-import { TensorValue } from './tensor';
+import { FeedTensor, TensorValue } from './tensor';
 import type { ValueInfo } from './worker-protocol';
 
 /** True when the model input takes any number of rows in its first dimension. */
@@ -36,6 +36,13 @@ export function stackRows(tensors: TensorValue[]): TensorValue {
   const data = new Data(rowLength * tensors.length);
   tensors.forEach((t, i) => (data as unknown as { set(a: ArrayLike<number | bigint>, offset: number): void }).set(t.data as ArrayLike<number | bigint>, i * rowLength));
   return { type: first.type, dims: [tensors.length, ...first.dims.slice(1)], data };
+}
+
+/** N one-row tensors as one model input of N rows, handed over row by row (no copy here). */
+export function batchOfRows(tensors: TensorValue[]): FeedTensor {
+  if (tensors.length === 1) return tensors[0];
+  const first = tensors[0];
+  return { type: first.type, dims: [tensors.length, ...first.dims.slice(1)], rows: tensors.map((t) => t.data) };
 }
 
 /** Row `row` of every output whose first dimension is the batch; other outputs are shared as they are. */

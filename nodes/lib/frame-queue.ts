@@ -22,6 +22,11 @@ export class FairQueue<T> {
     return this.waiting;
   }
 
+  /** Items waiting in this lane. */
+  laneLength(lane: string): number {
+    return this.lanes.get(lane)?.length ?? 0;
+  }
+
   /** Frames of this lane dropped so far. */
   dropped(lane: string): number {
     return this.drops.get(lane) ?? 0;

@@ -4,14 +4,125 @@
  * terminating a worker thread during one aborts the whole Node-RED process once the call returns,
  * whereas a process can always be killed. Started by ModelRunner with an IPC channel.
  */
+import * as net from 'net';
 import * as ort from 'onnxruntime-node';
-import type { WorkerRequest, WorkerResponse, SessionOptions, ValueInfo } from './worker-protocol';
+import { DATA_FRAME_HEADER_BYTES, DATA_PIPE_FD } from './worker-protocol';
+import type { WorkerRequest, WorkerResponse, SessionOptions, ValueInfo, WireTensor, PipedTensor } from './worker-protocol';
 
 if (!process.send) throw new Error('inference-worker must be started by ModelRunner with an IPC channel');
 const send = process.send.bind(process);
 
 // Node-RED went away (even by SIGKILL): nothing will ever ask this process for anything again.
 process.on('disconnect', () => process.exit(0));
+
+/**
+ * Tensor bytes of run requests on the data pipe (see PipedTensor): frames are cut out of the stream
+ * as they complete and wait, by request id, for their run message (or it waits for them).
+ */
+class DataFrames {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private readonly frames = new Map<number, Uint8Array[]>();
+  private readonly waiting = new Map<number, { count: number; resolve: (frames: Uint8Array[]) => void }>();
+
+  constructor(fd: number) {
+    const pipe = new net.Socket({ fd, readable: true, writable: false });
+    pipe.on('data', (chunk: Buffer) => this.onData(chunk));
+    pipe.on('error', () => process.exit(1)); // the runner sees the exit and starts a fresh worker
+    pipe.unref();
+  }
+
+  /** The `count` frames of request `id`, in order. */
+  take(id: number, count: number): Promise<Uint8Array[]> {
+    return new Promise((resolve) => {
+      this.waiting.set(id, { count, resolve });
+      this.settle(id);
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    for (;;) {
+      if (this.buffered < DATA_FRAME_HEADER_BYTES) return;
+      const head = this.peek(DATA_FRAME_HEADER_BYTES);
+      const id = head.readUInt32LE(0);
+      const length = head.readUInt32LE(4);
+      if (this.buffered < DATA_FRAME_HEADER_BYTES + length) return;
+      this.consume(DATA_FRAME_HEADER_BYTES);
+      // A fresh buffer per frame: aligned for any element type, and owned by the tensor made of it.
+      const bytes = new Uint8Array(length);
+      this.consume(length, bytes);
+      const list = this.frames.get(id) ?? [];
+      list.push(bytes);
+      this.frames.set(id, list);
+      this.settle(id);
+    }
+  }
+
+  private settle(id: number): void {
+    const waiter = this.waiting.get(id);
+    const list = this.frames.get(id);
+    if (!waiter || !list || list.length < waiter.count) return;
+    this.waiting.delete(id);
+    this.frames.delete(id);
+    waiter.resolve(list);
+  }
+
+  /** The first `n` buffered bytes, without consuming them. */
+  private peek(n: number): Buffer {
+    if (this.chunks[0].length >= n) return this.chunks[0];
+    return Buffer.concat(this.chunks, this.buffered).subarray(0, n);
+  }
+
+  /** Drops (or copies into `into`) the first `n` buffered bytes. */
+  private consume(n: number, into?: Uint8Array): void {
+    let done = 0;
+    while (done < n) {
+      const chunk = this.chunks[0];
+      const take = Math.min(chunk.length, n - done);
+      if (into) into.set(chunk.subarray(0, take), done);
+      done += take;
+      if (take === chunk.length) this.chunks.shift();
+      else this.chunks[0] = chunk.subarray(take);
+    }
+    this.buffered -= n;
+  }
+}
+
+const dataFrames = process.argv.includes('--data-pipe') ? new DataFrames(DATA_PIPE_FD) : undefined;
+
+const ELEMENT_BYTES: Record<string, number> = { float32: 4, uint8: 1, int8: 1, int32: 4, int64: 8, float64: 8 };
+const TYPED: Record<string, new (buffer: ArrayBufferLike, offset: number, length: number) => ArrayBufferView> = {
+  float32: Float32Array, uint8: Uint8Array, int8: Int8Array, int32: Int32Array, int64: BigInt64Array, float64: Float64Array,
+};
+
+/** The request's inputs as onnxruntime tensors, their bytes taken from the message or the data pipe. */
+async function feedsOf(request: Extract<WorkerRequest, { type: 'run' }>): Promise<Record<string, ort.Tensor>> {
+  const entries = Object.entries(request.feeds);
+  const piped = entries.filter(([, t]) => 'piped' in t).length;
+  const frames = piped ? await (dataFrames ?? failNoPipe()).take(request.id, piped) : [];
+  const feeds: Record<string, ort.Tensor> = {};
+  let next = 0;
+  for (const [name, t] of entries) {
+    let data: unknown;
+    if ('piped' in t) {
+      const bytes = frames[next++];
+      const size = ELEMENT_BYTES[t.type];
+      const Ctor = TYPED[t.type];
+      if (!Ctor || bytes.byteLength !== t.piped || bytes.byteLength % size !== 0) throw new Error(`input "${name}": ${bytes.byteLength} bytes on the data pipe for a ${t.type} tensor of ${t.piped} bytes`);
+      data = new Ctor(bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
+    } else {
+      data = (t as WireTensor).data;
+    }
+    feeds[name] = new ort.Tensor(t.type as ort.Tensor.Type, data as never, (t as WireTensor | PipedTensor).dims);
+  }
+  return feeds;
+}
+
+function failNoPipe(): never {
+  throw new Error('a run sent its tensor on a data pipe this worker was not started with');
+}
 
 let serving: ort.InferenceSession | undefined;
 let candidate: ort.InferenceSession | undefined;
@@ -72,9 +183,8 @@ async function handle(request: WorkerRequest): Promise<WorkerResponse> {
       return { type: 'discarded', id: 0 };
     }
     case 'run': {
+      const feeds = await feedsOf(request); // first, so that its piped bytes are taken in any case
       if (!serving) throw new Error('no model is loaded');
-      const feeds: Record<string, ort.Tensor> = {};
-      for (const [name, t] of Object.entries(request.feeds)) feeds[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as never, t.dims);
       const started = performance.now();
       const results = await serving.run(feeds);
       const ms = performance.now() - started;

@@ -8,13 +8,22 @@
  * fresh worker.
  */
 import { ChildProcess, fork } from 'child_process';
+import type { Socket } from 'net';
 import { EventEmitter } from 'events';
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import { Backoff } from './backoff';
 import { describeModel, ModelDescription, readOnnxMetadataProps } from './onnx-metadata';
-import type { SessionOptions, ValueInfo, WireTensor, WorkerRequest, WorkerResponse } from './worker-protocol';
-import { TensorValue } from './tensor';
+import { DATA_FRAME_HEADER_BYTES, DATA_PIPE_FD } from './worker-protocol';
+import type { PipedTensor, SessionOptions, ValueInfo, WireTensor, WorkerRequest, WorkerResponse } from './worker-protocol';
+import { FeedTensor, TensorData, TensorValue } from './tensor';
+
+/**
+ * Tensors go to the worker on a pipe of their own (see PipedTensor), written straight from their
+ * memory. Not on Windows, where a child cannot open an inherited pipe by its descriptor number; there
+ * they travel inside the IPC message.
+ */
+const USE_DATA_PIPE = process.platform !== 'win32';
 
 export interface ModelInfo extends ModelDescription {
   path: string;
@@ -60,6 +69,8 @@ class RunTimeoutError extends Error {}
 /** One worker process and its outstanding requests. */
 class WorkerProcess {
   readonly child: ChildProcess;
+  /** The data pipe to the worker, when it has one. */
+  private readonly data?: Socket;
   readonly startedAt = Date.now();
   /** Resolves once the process has exited, for whatever reason. */
   readonly exited: Promise<void>;
@@ -69,11 +80,21 @@ class WorkerProcess {
 
   constructor(onUnexpectedExit: (err: Error) => void) {
     // execArgv: [] keeps the parent's flags (--inspect, test runner options) out of the worker.
-    this.child = fork(path.join(__dirname, 'inference-worker.js'), [], {
+    this.child = fork(path.join(__dirname, 'inference-worker.js'), USE_DATA_PIPE ? ['--data-pipe'] : [], {
       serialization: 'advanced',
       execArgv: [],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      // fd 3 the IPC channel, fd 4 (DATA_PIPE_FD) the data pipe.
+      stdio: USE_DATA_PIPE ? ['ignore', 'inherit', 'inherit', 'ipc', 'pipe'] : ['ignore', 'inherit', 'inherit', 'ipc'],
     });
+    if (USE_DATA_PIPE) {
+      const data = this.child.stdio[DATA_PIPE_FD] as Socket | null;
+      if (data) {
+        // A broken pipe means the worker is gone: its exit reports that, and fails what waits.
+        data.on('error', () => undefined);
+        data.unref(); // pending writes and requests keep the process alive, not the pipe itself
+        this.data = data;
+      }
+    }
     liveWorkers++;
     this.keepProcessAlive(false);
     this.child.on('message', (response: WorkerResponse) => {
@@ -104,7 +125,16 @@ class WorkerProcess {
     return this.child.pid;
   }
 
-  request(message: WorkerRequest, timeoutMs?: number): Promise<WorkerResponse> {
+  /** True when tensors can go on the data pipe. */
+  get hasDataPipe(): boolean {
+    return this.data !== undefined;
+  }
+
+  /**
+   * Sends `message`; `piped` holds, per PipedTensor of the message in order, the pieces of its bytes
+   * to write on the data pipe.
+   */
+  request(message: WorkerRequest, timeoutMs?: number, piped: ArrayBufferView[][] = []): Promise<WorkerResponse> {
     const id = this.nextId++;
     message.id = id;
     return new Promise<WorkerResponse>((resolve, reject) => {
@@ -127,10 +157,26 @@ class WorkerProcess {
       };
       try {
         this.child.send(message, (err) => { if (err) failToSend(err); });
+        if (piped.length) this.writeData(id, piped);
       } catch (err) {
         failToSend(err as Error); // e.g. a value the IPC serialiser cannot copy
       }
     });
+  }
+
+  /** Frames [id u32][length u32] + bytes on the data pipe, straight from the tensors' memory. */
+  private writeData(id: number, piped: ArrayBufferView[][]): void {
+    const data = this.data;
+    if (!data) throw new Error('this inference worker has no data pipe');
+    data.cork();
+    for (const pieces of piped) {
+      const head = Buffer.allocUnsafe(DATA_FRAME_HEADER_BYTES);
+      head.writeUInt32LE(id, 0);
+      head.writeUInt32LE(pieces.reduce((sum, p) => sum + p.byteLength, 0), 4);
+      data.write(head);
+      for (const p of pieces) if (p.byteLength) data.write(new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+    }
+    data.uncork();
   }
 
   /**
@@ -153,6 +199,7 @@ class WorkerProcess {
     this.killedOnPurpose = true;
     this.rejectAll(reason);
     this.child.ref(); // until it has exited, so close() resolves
+    this.data?.destroy();
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
     return this.exited;
   }
@@ -162,6 +209,41 @@ class WorkerProcess {
     this.pending.clear();
     if (!this.killedOnPurpose) this.keepProcessAlive(false);
   }
+}
+
+/** The most bytes one data pipe frame can announce. */
+const MAX_FRAME_BYTES = 0xffffffff;
+
+/** The run message's inputs, and the pieces to write on the data pipe for those that go there (exported for tests). */
+export function wireFeeds(feeds: Record<string, FeedTensor>, dataPipe: boolean): { wire: Record<string, WireTensor | PipedTensor>; piped: ArrayBufferView[][] } {
+  const wire: Record<string, WireTensor | PipedTensor> = {};
+  const piped: ArrayBufferView[][] = [];
+  for (const [name, t] of Object.entries(feeds)) {
+    const pieces: TensorData[] = 'rows' in t ? t.rows : [t.data];
+    const bytes = pieces.reduce((sum, p) => sum + p.byteLength, 0);
+    if (dataPipe && bytes <= MAX_FRAME_BYTES) {
+      wire[name] = { type: t.type, dims: t.dims, piped: bytes };
+      piped.push(pieces);
+      continue;
+    }
+    let data: TensorData;
+    if (pieces.length === 1) {
+      // A view into a larger buffer would send the whole buffer to the worker.
+      const d = pieces[0];
+      data = d.byteOffset === 0 && d.byteLength === d.buffer.byteLength ? d : (d.slice() as TensorData);
+    } else {
+      const joined = new Uint8Array(bytes);
+      let at = 0;
+      for (const p of pieces) {
+        joined.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), at);
+        at += p.byteLength;
+      }
+      const Ctor = pieces[0].constructor as unknown as { new (buffer: ArrayBuffer, offset: number, length: number): TensorData; BYTES_PER_ELEMENT: number };
+      data = new Ctor(joined.buffer, 0, bytes / Ctor.BYTES_PER_ELEMENT);
+    }
+    wire[name] = { type: t.type, dims: t.dims, data };
+  }
+  return { wire, piped };
 }
 
 export class ModelRunner extends EventEmitter {
@@ -247,20 +329,16 @@ export class ModelRunner extends EventEmitter {
     });
   }
 
-  async run(feeds: Record<string, TensorValue>): Promise<RunResult> {
+  /** Runs the model; an input given as rows (a batch) runs as one tensor of those rows. */
+  async run(feeds: Record<string, FeedTensor>): Promise<RunResult> {
     this.throwIfClosed();
     if (!this.serving) throw new Error('the model is not loaded');
-    const wire: Record<string, WireTensor> = {};
-    for (const [name, t] of Object.entries(feeds)) {
-      // A view into a larger buffer would send the whole buffer to the worker.
-      const whole = t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength;
-      wire[name] = { type: t.type, dims: t.dims, data: whole ? t.data : t.data.slice() };
-    }
     return this.exclusively(async () => {
       const worker = await this.readyWorker(true);
+      const { wire, piped } = wireFeeds(feeds, worker.hasDataPipe);
       let response: WorkerResponse;
       try {
-        response = await worker.request({ type: 'run', id: 0, feeds: wire }, this.runTimeoutMs);
+        response = await worker.request({ type: 'run', id: 0, feeds: wire }, this.runTimeoutMs, piped);
       } catch (err) {
         this.throwIfClosed();
         if (err instanceof RunTimeoutError) {

@@ -1,9 +1,10 @@
 /** Image bytes -> model input tensor with sharp, following a PreprocessSpec exactly. */
 import * as os from 'os';
 import sharp from 'sharp';
-import { Limiter } from './limiter';
+import { readJpegHeader } from './jpeg-header';
+import { Limiter, modelRoomGate } from './limiter';
 import { PreprocessSpec, ResizeGeometry, resizeGeometry, tensorDims } from './preprocess-spec';
-import { TensorValue } from './tensor';
+import { markFinite, TensorValue } from './tensor';
 
 // Frames are decoded on libvips threads; one is plenty per frame and leaves cores for inference.
 sharp.concurrency(1);
@@ -13,7 +14,7 @@ sharp.cache(false);
  * At most one decode per core at a time, shared by every ml-preprocess node: with many cameras,
  * more would only queue inside libuv's thread pool (slowing each frame) and hold more images in memory.
  */
-const decodeSlots = new Limiter(Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length));
+const decodeSlots = new Limiter(Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length), modelRoomGate);
 
 export interface PreprocessResult {
   tensor: TensorValue;
@@ -33,21 +34,25 @@ export function pixelsToTensor(rgb: Uint8Array, width: number, height: number, s
   if (rgb.length !== plane * 3) throw new Error(`expected ${plane * 3} RGB bytes for ${width}x${height}, got ${rgb.length}`);
   const order = spec.channels === 'RGB' ? [0, 1, 2] : [2, 1, 0];
   const dims = tensorDims({ ...spec, width, height });
-  const data = spec.dtype === 'float32' ? new Float32Array(plane * 3) : new Uint8Array(plane * 3);
-  const scale = order.map((c) => 1 / spec.std[c]);
-  const offset = order.map((c) => spec.mean[c]);
   const asFloat = spec.dtype === 'float32';
+  const data = asFloat ? new Float32Array(plane * 3) : new Uint8Array(plane * 3);
+  let finite = true;
   for (let out = 0; out < 3; out++) {
     const src = order[out];
-    const s = scale[out];
-    const m = offset[out];
+    // One lookup per value: the 256 possible results of (pixel - mean) / std for this channel, each
+    // rounded to float32 just as when worked out per pixel; for uint8 the pixel itself.
+    const table = asFloat ? new Float32Array(256) : new Uint8Array(256);
+    for (let v = 0; v < 256; v++) table[v] = asFloat ? (v - spec.mean[src]) * (1 / spec.std[src]) : v;
+    if (asFloat && !(table as Float32Array).every(Number.isFinite)) finite = false; // a std so small the values overflow
     if (spec.layout === 'NCHW') {
       const base = out * plane;
-      for (let i = 0; i < plane; i++) data[base + i] = asFloat ? (rgb[i * 3 + src] - m) * s : rgb[i * 3 + src];
+      for (let i = 0, j = src; i < plane; i++, j += 3) data[base + i] = table[rgb[j]];
     } else {
-      for (let i = 0; i < plane; i++) data[i * 3 + out] = asFloat ? (rgb[i * 3 + src] - m) * s : rgb[i * 3 + src];
+      for (let i = out, j = src; i < data.length; i += 3, j += 3) data[i] = table[rgb[j]];
     }
   }
+  // Every value came from one of the tables: ml-inference need not look for NaN or Infinity again.
+  if (finite) markFinite(data);
   return { type: spec.dtype, dims, data };
 }
 
@@ -70,7 +75,8 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
   try {
     // failOn 'warning' rejects truncated or corrupt JPEGs instead of feeding grey pixels to the model.
     pipeline = sharp(image, { failOn: 'warning', limitInputPixels: 100_000_000 }).rotate();
-    const meta = await sharp(image).metadata();
+    // Read from the JPEG header when it can be (no trip through libvips), else by sharp.
+    const meta = readJpegHeader(image) ?? (await sharp(image).metadata());
     const swap = (meta.orientation ?? 1) >= 5; // EXIF orientations 5-8 swap width and height
     sourceWidth = (swap ? meta.height : meta.width) ?? 0;
     sourceHeight = (swap ? meta.width : meta.height) ?? 0;

@@ -8,6 +8,19 @@ export interface TensorValue {
   data: TensorData;
 }
 
+/**
+ * A batch handed over as its rows: N one-row tensors of one shape that run as one [N, ...] input.
+ * The rows go to the inference worker one after the other, never copied together on the event loop.
+ */
+export interface RowsTensor {
+  type: TensorType;
+  dims: number[];
+  rows: TensorData[];
+}
+
+/** What a model input may be given as. */
+export type FeedTensor = TensorValue | RowsTensor;
+
 const TYPED_ARRAYS: Record<TensorType, new (buffer: ArrayBufferLike, offset: number, length: number) => TensorData> = {
   float32: Float32Array,
   uint8: Uint8Array,
@@ -28,8 +41,20 @@ export function firstNonFinite(data: ArrayLike<number | bigint>): { index: numbe
   return undefined;
 }
 
+/**
+ * Data made from image pixels (ml-preprocess) is finite by construction, so ml-inference need not
+ * scan its 50,000+ values again for every frame. Only the very array is trusted: a copy, a JSON
+ * round-trip or a tensor built elsewhere is checked.
+ */
+const finiteByConstruction = new WeakSet<object>();
+
+export function markFinite(data: TensorData): void {
+  finiteByConstruction.add(data);
+}
+
 /** Throws when a float tensor holds NaN or ±Infinity, which no model input should. */
 export function checkFinite(tensor: TensorValue, field = 'msg.payload.data'): void {
+  if (finiteByConstruction.has(tensor.data)) return;
   const bad = firstNonFinite(tensor.data);
   if (bad) throw new Error(`Expected finite tensor values but received ${bad.value} at index ${bad.index} of ${field}`);
 }

@@ -24,6 +24,23 @@ export interface WireTensor {
 }
 
 /**
+ * A run input whose bytes come on the data pipe instead of inside the IPC message: the runner
+ * writes, for each such input in the order of `feeds`, a frame [request id u32][byte length u32]
+ * and the bytes (the rows of a batch one after the other). The IPC message itself would be one
+ * more copy of every tensor on Node-RED's event loop (the V8 serialiser) and one more large buffer
+ * for its garbage collector, per frame.
+ */
+export interface PipedTensor {
+  type: string;
+  dims: number[];
+  piped: number;
+}
+
+/** The inference worker's file descriptor for tensor bytes (a pipe), when the runner opened one. */
+export const DATA_PIPE_FD = 4;
+export const DATA_FRAME_HEADER_BYTES = 8;
+
+/**
  * A model is loaded in two steps so the caller can check the new session before it serves:
  * `prepare` creates a candidate beside the serving session, `commit` swaps it in, `discard` drops it.
  */
@@ -31,7 +48,7 @@ export type WorkerRequest =
   | { type: 'prepare'; id: number; model: Uint8Array; options: SessionOptions }
   | { type: 'commit'; id: number }
   | { type: 'discard'; id: number }
-  | { type: 'run'; id: number; feeds: Record<string, WireTensor> };
+  | { type: 'run'; id: number; feeds: Record<string, WireTensor | PipedTensor> };
 
 export type WorkerResponse =
   | { type: 'prepared'; id: number; inputs: ValueInfo[]; outputs: ValueInfo[] }

@@ -7,6 +7,7 @@
 import { statusText } from '../lib/node-status';
 import sharp from 'sharp';
 import { ErrorThrottle, repeatSuffix } from '../lib/error-throttle';
+import { readJpegHeader } from '../lib/jpeg-header';
 import { RateMeter } from '../lib/frame-queue';
 import { errorMessage, NodeMessage, NodeStatus, textSetting } from '../lib/red-types';
 import { CameraTiming, namedNumberSetting } from './camera-settings';
@@ -213,10 +214,10 @@ export class CameraRunner {
     }
     if (!raw) return raw;
     let image: Buffer;
-    let meta: sharp.Metadata;
+    let meta: { width?: number; height?: number };
     try {
       image = await normaliseToJpeg(raw.image);
-      meta = await sharp(image).metadata();
+      meta = readJpegHeader(image) ?? (await sharp(image).metadata());
     } catch (err) {
       throw new Error(`frame from ${raw.origin} is not a readable image: ${errorMessage(err)}`);
     }

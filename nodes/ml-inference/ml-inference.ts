@@ -4,9 +4,10 @@
  */
 import { failMessage, showError } from '../lib/node-status';
 import * as path from 'path';
-import { groupForBatches, hasDynamicBatch, outputsOfRow, stackRows } from '../lib/batching';
+import { batchOfRows, groupForBatches, hasDynamicBatch, outputsOfRow } from '../lib/batching';
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { cameraOf, InferenceInfo } from '../lib/messages';
+import { ModelRoom, modelRoomGate } from '../lib/limiter';
 import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
@@ -93,6 +94,11 @@ module.exports = function (RED: NodeAPI) {
       settingError = `inference not started: ${errorMessage(err)}`;
     }
     const queue = new FairQueue<Job>(policy, perCamera);
+    /** ml-preprocess holds frames undecoded while this node has no room for them (see ModelRoom). */
+    const room = new ModelRoom(modelRoomGate, 2 * maxBatch, perCamera);
+    const updateRoom = (camera: string) => {
+      if (!closing) room.update(camera, (c) => queue.laneLength(c), queue.length);
+    };
     const meter = new RateMeter();
     let busy = false;
     let lastMs = 0;
@@ -171,7 +177,7 @@ module.exports = function (RED: NodeAPI) {
     async function runGroup(group: ReadyJob[], loaded: LoadedModel) {
       const started = Date.now();
       const outputName = loaded.outputs[0].name;
-      const result = await model!.run({ [loaded.inputs[0].name]: stackRows(group.map((j) => j.tensor)) });
+      const result = await model!.run({ [loaded.inputs[0].name]: batchOfRows(group.map((j) => j.tensor)) });
       lastMs = result.ms;
       lastBatch = group.length;
       // Results are worked out for every frame before any is sent, so a batch that fails (a
@@ -244,7 +250,11 @@ module.exports = function (RED: NodeAPI) {
       if (busy) return;
       busy = true;
       try {
-        while (!closing && queue.length) await serve(queue.take(maxBatch));
+        while (!closing && queue.length) {
+          const jobs = queue.take(maxBatch);
+          jobs.forEach((job) => updateRoom(job.camera));
+          await serve(jobs);
+        }
       } finally {
         busy = false;
       }
@@ -252,18 +262,20 @@ module.exports = function (RED: NodeAPI) {
 
     node.on('input', (msg, send, done) => {
       if (settingError) return done(new Error(settingError));
-      const camera = cameraOf(msg);
+      const camera = cameraOf(msg); // '' for frames without a camera: one lane, and no decode waits for it
       const droppedJob = queue.offer(camera, { msg, send, done, arrived: Date.now(), camera });
       if (droppedJob) {
         showStatus(true);
         droppedJob.done(); // a deliberate drop under load is not an error
       }
+      updateRoom(camera);
       pump().catch((err) => node.error(`inference queue stopped: ${errorMessage(err)}`));
     });
 
     node.on('close', (removed: boolean, done: () => void) => {
       closing = true;
       for (const job of queue.drain()) job.done();
+      room.releaseAll();
       if (!model || settingError) return done(); // never registered
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);

@@ -7,7 +7,7 @@ import type { EventEmitter } from 'events';
 import { RunResult } from '../lib/model-runner';
 import { shareAmongUsers, SharedResourceNode } from '../lib/shared-resource';
 import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
-import { TensorValue } from '../lib/tensor';
+import { FeedTensor } from '../lib/tensor';
 import type { SessionOptions } from '../lib/worker-protocol';
 import { parseLabelList, resolveModelPath } from './model-config';
 import { LabelSource, LoadedModel, ModelService, ModelState } from './model-service';
@@ -22,7 +22,7 @@ export interface MlModelNode extends SharedResourceNode {
   service: ModelService;
   /** Resolves with the loaded model, or rejects with why it cannot be used. */
   ready(): Promise<LoadedModel>;
-  run(feeds: Record<string, TensorValue>): Promise<RunResult>;
+  run(feeds: Record<string, FeedTensor>): Promise<RunResult>;
 }
 
 const DEFAULT_RUN_TIMEOUT_S = 10;

@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import { checkReplacementInput } from '../lib/model-io';
 import { ModelInfo, ModelRunner, RunResult, RunnerClosedError } from '../lib/model-runner';
 import { errorMessage } from '../lib/red-types';
-import { TensorValue } from '../lib/tensor';
+import { FeedTensor } from '../lib/tensor';
 import type { SessionOptions } from '../lib/worker-protocol';
 import { readLabelsFile } from './model-config';
 
@@ -112,7 +112,7 @@ export class ModelService {
     return this.loading ?? Promise.reject(new Error('model is not in use by any node'));
   }
 
-  async run(feeds: Record<string, TensorValue>): Promise<RunResult> {
+  async run(feeds: Record<string, FeedTensor>): Promise<RunResult> {
     const runner = this.runner;
     if (!runner) throw new Error('model is not in use');
     await this.ready();
