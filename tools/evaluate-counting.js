@@ -26,6 +26,21 @@ function flowSettings() {
   };
 }
 
+/** The true box ({box: [x0, y0, x1, y1], label}) a counted {x, y, w, h} box overlaps most (IoU > 0.3). */
+function bestMatch(box, truthBoxes) {
+  let best;
+  let bestIou = 0.3;
+  for (const t of truthBoxes) {
+    const [x0, y0, x1, y1] = t.box;
+    const w = Math.min(x1, box.x + box.w) - Math.max(x0, box.x);
+    const h = Math.min(y1, box.y + box.h) - Math.max(y0, box.y);
+    if (w <= 0 || h <= 0) continue;
+    const iou = (w * h) / ((x1 - x0) * (y1 - y0) + box.w * box.h - w * h);
+    if (iou > bestIou) [best, bestIou] = [t, iou];
+  }
+  return best;
+}
+
 /**
  * Counts every belt under `beltsDir` and compares with its truth.json. Returns per-belt and total
  * counts per label, the true ones, and relative errors.
@@ -41,6 +56,8 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
   const perBelt = [];
   let frames = 0;
   let detections = 0;
+  let matched = 0;
+  let labelledRight = 0;
   const started = Date.now();
   try {
     for (const belt of belts) {
@@ -62,7 +79,15 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
         const update = tracker.update({
           camera: belt, seq: i + 1, capturedAt: new Date(at).toISOString(), at, width: sourceWidth, height: sourceHeight, detections: result.detections,
         });
-        for (const item of update.counted) beltCounts[item.label] = (beltCounts[item.label] ?? 0) + 1;
+        for (const item of update.counted) {
+          beltCounts[item.label] = (beltCounts[item.label] ?? 0) + 1;
+          // Which item on the belt it was: the true box it overlaps most in the frame it was counted in.
+          const truthBox = bestMatch(item.box, beltTruth.frames[i] ?? []);
+          if (truthBox) {
+            matched++;
+            if (beltTruth.labels[truthBox.label] === item.label) labelledRight++;
+          }
+        }
         frames++;
       }
       for (const [label, n] of Object.entries(beltCounts)) counted[label] = (counted[label] ?? 0) + n;
@@ -83,6 +108,8 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
     detectionsPerFrame: detections / Math.max(1, frames),
     msPerFrame: (Date.now() - started) / Math.max(1, frames),
     total: { truth: sum(truth), counted: sum(counted), error: relError(sum(counted), sum(truth)) },
+    /** Of the counted items that overlap a true item, the share whose label is that item's class. */
+    itemLabelAccuracy: labelledRight / Math.max(1, matched),
     perClass,
     perBelt,
   };
@@ -91,6 +118,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
 function printReport(r) {
   const pct = (e) => `${e >= 0 ? '+' : ''}${(100 * e).toFixed(1)} %`;
   console.log(`${r.model}: ${r.belts} belts, ${r.frames} frames, ${r.detectionsPerFrame.toFixed(2)} detections a frame, ${r.msPerFrame.toFixed(1)} ms a frame`);
+  console.log(`  label of counted items right: ${(100 * r.itemLabelAccuracy).toFixed(1)} %`);
   console.log(`  total      counted ${String(r.total.counted).padStart(4)} of ${String(r.total.truth).padStart(4)}  ${pct(r.total.error)}`);
   for (const [label, c] of Object.entries(r.perClass)) {
     console.log(`  ${label.padEnd(10)} counted ${String(c.counted).padStart(4)} of ${String(c.truth).padStart(4)}  ${pct(c.error)}`);

@@ -302,13 +302,26 @@ def overlap_ok(box, boxes, max_cover=0.3):
     return True
 
 
-def random_scene(rng, cutouts, w=SCENE_W, h=SCENE_H, max_items=6, pool=None):
-    """One still scene: (PIL RGB image, boxes [[x0, y0, x1, y1]] in pixels, class indices)."""
+def by_class(cutouts):
+    """{class index: [cut-out]}: drawing a class first, then one of its cut-outs, shows every class
+    equally often however few photos it has (trash has 85 usable training cut-outs, paper 244)."""
+    groups = {}
+    for rgba, cls in cutouts:
+        groups.setdefault(cls, []).append((rgba, cls))
+    return [groups[c] for c in sorted(groups)]
+
+
+def random_scene(rng, cutouts, w=SCENE_W, h=SCENE_H, max_items=6, pool=None, classes=None):
+    """One still scene: (PIL RGB image, boxes [[x0, y0, x1, y1]] in pixels, class indices).
+
+    classes: by_class(cutouts) to draw every class equally often; None draws cut-outs uniformly.
+    """
     canvas = pool.belt(rng) if pool else belt_texture(rng, w, h)
     n = int(rng.choice(np.arange(max_items + 1), p=scene_count_weights(max_items)))
     boxes, labels = [], []
     for _ in range(n):
-        rgba, cls = cutouts[rng.integers(len(cutouts))]
+        group = classes[rng.integers(len(classes))] if classes else cutouts
+        rgba, cls = group[rng.integers(len(group))]
         item, bb = prepare_item(rng, rgba, rng.uniform(0.17, 0.5) * h * rng.uniform(1.0, 1.45),
                                 rng.uniform(-180, 180) if rng.random() < 0.8 else 0, rng.random() < 0.5)
         if bb is None:
@@ -356,15 +369,12 @@ def belt_sequence(rng, cutouts, n_items, w=SCENE_W, h=SCENE_H, speed=None):
     speed = speed or float(rng.uniform(0.12, 0.2) * w)  # pixels per frame: 5-8 frames in view
     belt = belt_texture(rng, w * 3, h)  # scrolls with the items
     light = lighting(rng, w, h)
-    by_class = {}
-    for rgba, cls in cutouts:
-        by_class.setdefault(cls, []).append(rgba)
-    classes = sorted(by_class)
+    groups = by_class(cutouts)
     items, x_cursor = [], 0.0
     for i in range(n_items):
         # Every class equally often, so per-class counts are measured on similar numbers of items.
-        cls = classes[rng.integers(len(classes))]
-        rgba = by_class[cls][rng.integers(len(by_class[cls]))]
+        group = groups[rng.integers(len(groups))]
+        rgba, cls = group[rng.integers(len(group))]
         item, bb = prepare_item(rng, rgba, rng.uniform(0.3, 0.55) * h, rng.uniform(-180, 180), rng.random() < 0.5)
         if bb is None:
             continue

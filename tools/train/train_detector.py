@@ -93,8 +93,9 @@ class Exported(nn.Module):
 class SceneStream(torch.utils.data.IterableDataset):
     """Endless training batches of fresh scenes, made in a worker process."""
 
-    def __init__(self, cutouts, batch, seed):
+    def __init__(self, cutouts, batch, seed, balanced):
         self.cutouts, self.batch, self.seed = cutouts, batch, seed
+        self.classes = scenes.by_class(cutouts) if balanced else None
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -104,14 +105,14 @@ class SceneStream(torch.utils.data.IterableDataset):
         while True:
             if n and n % 400 == 0:
                 pool = scenes.BeltPool(rng)  # fresh belts now and then
-            yield make_batch(rng, self.cutouts, self.batch, pool)
+            yield make_batch(rng, self.cutouts, self.batch, pool, self.classes)
             n += 1
 
 
-def make_batch(rng, cutouts, batch, pool):
+def make_batch(rng, cutouts, batch, pool, classes=None):
     imgs, targets = [], []
     for _ in range(batch):
-        im, boxes, labels = scenes.random_scene(rng, cutouts, pool=pool)
+        im, boxes, labels = scenes.random_scene(rng, cutouts, pool=pool, classes=classes)
         imgs.append(np.asarray(im))
         targets.append((np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)))
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
@@ -324,6 +325,9 @@ def main():
     p.add_argument("--seed", type=int, default=20261127)
     p.add_argument("--runs", default=os.path.join(here, "runs"))
     p.add_argument("--export-only", default="", metavar="CHECKPOINT")
+    p.add_argument("--init", default="", metavar="CHECKPOINT", help="start from these weights (fine-tuning) instead of from scratch")
+    p.add_argument("--no-balanced", dest="balanced", action="store_false",
+                   help="draw cut-outs uniformly instead of every class equally often")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -341,14 +345,16 @@ def main():
     os.makedirs(args.runs, exist_ok=True)
     ckpt = os.path.join(args.runs, "detector-last.pt")
     history, started = [], time.time()
+    if args.init:
+        model.load_state_dict(torch.load(args.init)["model"])
     if args.export_only:
         model.load_state_dict(torch.load(args.export_only)["model"])
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-        loader = torch.utils.data.DataLoader(SceneStream(train_cut, args.batch, args.seed), batch_size=None,
+        loader = torch.utils.data.DataLoader(SceneStream(train_cut, args.batch, args.seed, args.balanced), batch_size=None,
                                              num_workers=1, prefetch_factor=4, persistent_workers=True)
         budget = args.budget_min * 60
-        warmup = 300
+        warmup = 50 if args.init else 300
         step, last_eval = 0, time.time()
         running = []
         for x, targets in loader:
