@@ -88,6 +88,14 @@ export function numberSetting(value: unknown, fallback: number, { min = -Infinit
   return n;
 }
 
+/** A setting that must be one of a few words; unset gives the fallback, anything else is refused. */
+export function choiceSetting<T extends string>(value: unknown, allowed: readonly T[], fallback: T, name: string): T {
+  const text = typeof value === 'string' ? textSetting(value) : value;
+  if (text === undefined || text === null || text === '') return fallback;
+  if (allowed.includes(text as T)) return text as T;
+  throw new Error(`Expected ${name} to be one of ${allowed.join(', ')} but received ${JSON.stringify(value)}`);
+}
+
 /** What a value is, for "but received ..." in error messages: null, an array, a string ("..."), number 42. */
 export function describeReceived(value: unknown): string {
   if (value === null || value === undefined) return String(value);

@@ -12,7 +12,7 @@ import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDeco
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
 import type { ResizeGeometry } from '../lib/preprocess-spec';
-import { DoneFunction, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, SendFunction, textSetting } from '../lib/red-types';
+import { choiceSetting, DoneFunction, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, SendFunction, textSetting } from '../lib/red-types';
 import { checkFinite, TensorValue, toTensorValue } from '../lib/tensor';
 import type { ValueInfo } from '../lib/worker-protocol';
 import type { LoadedModel, MlModelNode } from '../ml-model/ml-model';
@@ -30,14 +30,6 @@ interface ReadyJob extends Job {
 }
 
 type OutputMode = 'classification' | 'detection' | 'raw' | 'auto';
-
-/** A setting that must be one of a few words; unset gives the fallback, anything else is refused. */
-function choiceSetting<T extends string>(value: unknown, allowed: readonly T[], fallback: T, name: string): T {
-  const text = typeof value === 'string' ? textSetting(value) : value;
-  if (text === undefined || text === null || text === '') return fallback;
-  if (allowed.includes(text as T)) return text as T;
-  throw new Error(`Expected ${name} to be one of ${allowed.join(', ')} but received ${JSON.stringify(value)}`);
-}
 
 /** Reads the detection settings; throws naming the setting that is wrong. */
 function detectionSettings(config: NodeDef): DetectionSettings {

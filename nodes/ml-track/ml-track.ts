@@ -9,7 +9,7 @@ import { toAnnotations } from '../lib/detection';
 import { cameraOf, CountReport, Detection, frameOf } from '../lib/messages';
 import type { TrackInfo } from '../lib/messages';
 import { failMessage, showError, statusText } from '../lib/node-status';
-import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting, textSetting } from '../lib/red-types';
+import { choiceSetting, describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
 import { CountMode, DEFAULT_TRACKER, Direction, DIRECTIONS, PeriodCounts, Tracker, TrackerOptions } from './tracker';
 
 /** A camera with no frame for this long loses its tracks (its counts were reported). */
@@ -20,13 +20,6 @@ function wholeNumberSetting(value: unknown, fallback: number, min: number, max: 
   const n = numberSetting(value, fallback, { min, max, name });
   if (!Number.isInteger(n)) throw new Error(`Expected ${name} to be a whole number from ${min} to ${max} but received ${JSON.stringify(value)}`);
   return n;
-}
-
-function choiceSetting<T extends string>(value: unknown, choices: readonly T[], fallback: T, name: string): T {
-  const text = textSetting(value);
-  if (!text) return fallback;
-  if (!choices.includes(text as T)) throw new Error(`Expected ${name} to be one of ${choices.join(', ')} but received ${JSON.stringify(text)}`);
-  return text as T;
 }
 
 /** Reads the settings; throws naming the one that is wrong. */
