@@ -37,6 +37,11 @@ export interface SpooledMessage {
 export interface SpoolLimits {
   maxMessages: number;
   maxBytes: number;
+  /**
+   * Messages accepted by this process are also kept in memory, up to this many bytes of records,
+   * so that a link that keeps up sends them without reading them back from disk (default 8 MiB).
+   */
+  memoryBytes?: number;
 }
 
 export interface SpoolCounters {
@@ -66,6 +71,8 @@ interface Entry {
   offset: number;
   length: number;
   expiresAt?: number;
+  /** The message itself while it is within the memory budget (it is on disk either way). */
+  message?: SpooledMessage;
 }
 
 interface PendingWrite {
@@ -86,6 +93,13 @@ const LOCK_FILE = 'spool.lock';
 const QUARANTINE = 'quarantine';
 const DEAD_LETTER = 'dead-letter';
 const CURSOR_WRITE_DELAY_MS = 200;
+const DEFAULT_MEMORY_BYTES = 8 * 1024 * 1024;
+/**
+ * Messages in flight at once: enough for 200 results/s over an 80 ms round trip (measured through a
+ * delaying proxy: one at a time delivered 7 % of them), under AWS IoT Core's 100 unacknowledged
+ * messages per connection; the CRT client also holds to a smaller receive maximum a broker announces.
+ */
+const DEFAULT_DRAIN_WINDOW = 64;
 
 /** Folders locked by this process: a second lock from the same process is refused too. */
 const lockedHere = new Set<string>();
@@ -195,6 +209,8 @@ export class DiskSpool implements SpoolCounters {
   private entries: Entry[] = [];
   private segments: Segment[] = [];
   private totalBytes = 0;
+  /** Bytes of the records whose message is held in memory too. */
+  private memoryBytes = 0;
   private nextSeq = 1;
   private deliveredSeq = 0;
   private savedDeliveredSeq = 0;
@@ -251,7 +267,7 @@ export class DiskSpool implements SpoolCounters {
   private resetCounters(): void {
     this.entries = [];
     this.segments = [];
-    this.totalBytes = 0;
+    this.totalBytes = this.memoryBytes = 0;
     this.dropped = this.expired = this.deadLettered = this.quarantined = this.lost = 0;
   }
 
@@ -469,8 +485,11 @@ export class DiskSpool implements SpoolCounters {
     }
     this.nextSeq = firstSeq + records.length;
     let offset = before;
+    const memoryBudget = this.limits.memoryBytes ?? DEFAULT_MEMORY_BYTES;
     records.forEach((record, i) => {
-      this.entries.push({ seq: firstSeq + i, segment, offset, length: record.length, expiresAt: messages[i].expiresAt });
+      const inMemory = this.memoryBytes + record.length <= memoryBudget;
+      if (inMemory) this.memoryBytes += record.length;
+      this.entries.push({ seq: firstSeq + i, segment, offset, length: record.length, expiresAt: messages[i].expiresAt, message: inMemory ? messages[i] : undefined });
       offset += record.length;
       this.totalBytes += record.length;
     });
@@ -504,21 +523,59 @@ export class DiskSpool implements SpoolCounters {
    * dropped on the way (counted); unreadable ones are moved aside and counted as lost.
    */
   async peek(now = Date.now()): Promise<(SpooledMessage & { seq: number }) | undefined> {
-    if (this.state !== 'open') return undefined;
-    for (;;) {
-      const head = this.entries[0];
-      if (!head) return undefined;
-      if (head.expiresAt !== undefined && head.expiresAt <= now) {
+    return (await this.peekAfter(0, 1, now))[0];
+  }
+
+  /**
+   * Up to `limit` messages in order, starting with the first one after sequence number `afterSeq`
+   * (0: the head). Expired or unreadable messages at the head are dealt with as in `peek`; the run
+   * stops before such a message further back, which is dealt with once it reaches the head.
+   */
+  async peekAfter(afterSeq: number, limit: number, now = Date.now()): Promise<Array<SpooledMessage & { seq: number }>> {
+    const found: Array<SpooledMessage & { seq: number }> = [];
+    if (this.state !== 'open') return found;
+    while (found.length < limit) {
+      const index = this.indexAfter(found.length ? found[found.length - 1].seq : afterSeq);
+      const entry = this.entries[index];
+      if (!entry) break;
+      const atHead = index === 0;
+      if (entry.expiresAt !== undefined && entry.expiresAt <= now) {
+        if (!atHead) break;
         this.expired++;
-        this.advance(head.seq);
+        this.advance(entry.seq);
+        continue;
+      }
+      if (entry.message) {
+        found.push({ ...entry.message, seq: entry.seq });
         continue;
       }
       try {
-        return { ...(await this.read(head)), seq: head.seq };
+        const { seq, ...message } = await this.read(entry);
+        if (this.entries[this.indexAfter(seq - 1)] !== entry) continue; // dropped for space meanwhile
+        found.push({ ...message, seq });
       } catch (err) {
-        await this.loseSegment(head.segment, (err as Error).message);
+        if (!atHead) break;
+        await this.loseSegment(entry.segment, (err as Error).message);
       }
     }
+    return found;
+  }
+
+  /** Index of the first entry with a sequence number above `seq` (entries are in order). */
+  private indexAfter(seq: number): number {
+    let low = 0;
+    let high = this.entries.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if (this.entries[mid].seq <= seq) low = mid + 1;
+      else high = mid;
+    }
+    return low;
+  }
+
+  /** Sequence number of the oldest message, if any. */
+  get headSeq(): number | undefined {
+    return this.entries[0]?.seq;
   }
 
   private async read(entry: Entry): Promise<StoredRecord> {
@@ -575,7 +632,9 @@ export class DiskSpool implements SpoolCounters {
 
   private advance(seq: number): void {
     while (this.entries.length && this.entries[0].seq <= seq) {
-      this.totalBytes -= this.entries.shift()!.length;
+      const gone = this.entries.shift()!;
+      this.totalBytes -= gone.length;
+      if (gone.message) this.memoryBytes -= gone.length;
     }
     if (seq > this.deliveredSeq) this.deliveredSeq = seq;
     if (!this.cursorTimer && this.deliveredSeq !== this.savedDeliveredSeq) {
@@ -657,11 +716,16 @@ export interface DrainerHooks {
 }
 
 /**
- * Delivers spooled messages one at a time, in order, while the link is up. A message leaves the
- * spool only after the transport confirmed it (QoS 1: the PUBACK), so delivery is at least once and
- * in order; the one in flight when a link drops is sent again after reconnecting. A failed send is
- * retried by a timer with back-off, so delivery resumes without new traffic; a message the server
- * refuses for good is tried `maxAttempts` times, then set aside so the ones behind it go on.
+ * Delivers spooled messages in order while the link is up, with up to `window` in flight: the next
+ * one goes out as soon as there is room, not after the previous one's confirmation, so a broker
+ * far away (AWS IoT Core) or one that holds back its acknowledgements does not limit delivery to
+ * one message per round trip. The transport keeps their order on the wire (the CRT client's
+ * operation queue; brokers treat topics as ordered). A message leaves the spool only after the
+ * transport confirmed it (QoS 1: the PUBACK), so delivery is at least once and in order; those in
+ * flight when a link drops are sent again after reconnecting (those already confirmed are not).
+ * A failed send is retried by a timer with back-off, so delivery resumes without new traffic; a
+ * message the server refuses for good is tried `maxAttempts` times, then set aside so the ones
+ * behind it go on.
  */
 export class SpoolDrainer {
   private draining = false;
@@ -670,13 +734,17 @@ export class SpoolDrainer {
   private retryTimer?: NodeJS.Timeout;
   private readonly backoff: Backoff;
   private refusals = { seq: 0, count: 0 };
+  /** Confirmed messages still behind an unconfirmed one in the spool. */
+  private readonly confirmed = new Set<number>();
+  /** Wakes a drain pass that waits on messages in flight when a new one arrives. */
+  private wake?: () => void;
 
   constructor(
     private readonly spool: DiskSpool,
     private readonly send: (m: SpooledMessage) => Promise<void>,
     private readonly isUp: () => boolean,
     private readonly hooks: DrainerHooks = {},
-    private readonly options: { maxAttempts?: number; minRetryMs?: number; maxRetryMs?: number } = {},
+    private readonly options: { maxAttempts?: number; minRetryMs?: number; maxRetryMs?: number; window?: number } = {},
   ) {
     this.backoff = new Backoff(options.minRetryMs ?? 500, options.maxRetryMs ?? 10_000, 2);
   }
@@ -698,6 +766,7 @@ export class SpoolDrainer {
     if (this.stopped || !this.isUp()) return;
     if (this.draining) {
       this.again = true;
+      this.wake?.();
       return;
     }
     this.draining = true;
@@ -717,6 +786,7 @@ export class SpoolDrainer {
     this.stopped = true;
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
+    this.wake?.();
   }
 
   private retryLater(): void {
@@ -728,30 +798,78 @@ export class SpoolDrainer {
   }
 
   private async drain(): Promise<void> {
-    while (!this.stopped && this.isUp()) {
-      const head = await this.spool.peek();
-      this.hooks.onChange?.();
-      if (!head) return;
-      try {
-        await this.send(head);
-      } catch (err) {
-        if (this.stopped) return;
-        if (isRefused(err)) {
-          if (this.refusals.seq !== head.seq) this.refusals = { seq: head.seq, count: 0 };
-          if (++this.refusals.count >= (this.options.maxAttempts ?? 3)) {
-            const reason = (err as Error).message;
-            const file = await this.spool.deadLetter(head, reason);
-            this.hooks.onChange?.();
-            this.hooks.onDeadLetter?.(head, reason, file);
-            continue;
+    for (;;) {
+      const failed = await this.sendWhileUp();
+      if (this.stopped) return;
+      if (!failed) return;
+      const { message: head, error } = failed;
+      if (isRefused(error) && this.spool.headSeq === head.seq) {
+        if (this.refusals.seq !== head.seq) this.refusals = { seq: head.seq, count: 0 };
+        if (++this.refusals.count >= (this.options.maxAttempts ?? 3)) {
+          const reason = (error as Error).message;
+          const file = await this.spool.deadLetter(head, reason);
+          await this.removeConfirmed();
+          this.hooks.onDeadLetter?.(head, reason, file);
+          continue;
+        }
+      }
+      this.retryLater(); // link trouble or a refusal not yet final: again after a pause
+      return;
+    }
+  }
+
+  /**
+   * Keeps up to `window` messages in flight until the spool is empty, the link goes down or a send
+   * fails; then waits for those in flight. Returns the first failure, if any.
+   */
+  private async sendWhileUp(): Promise<{ message: SpooledMessage & { seq: number }; error: unknown } | undefined> {
+    const window = Math.max(1, this.options.window ?? DEFAULT_DRAIN_WINDOW);
+    const inFlight = new Set<Promise<void>>();
+    let failed: { message: SpooledMessage & { seq: number }; error: unknown } | undefined;
+    let lastSent = 0;
+    try {
+      while (!this.stopped && this.isUp() && !failed) {
+        if (inFlight.size < window) {
+          const next = await this.spool.peekAfter(lastSent, window - inFlight.size);
+          for (const message of next) {
+            lastSent = message.seq;
+            if (this.confirmed.has(message.seq)) continue;
+            const sending: Promise<void> = this.send(message).then(
+              () => { this.confirmed.add(message.seq); },
+              (error) => { failed ??= { message, error }; },
+            ).finally(() => inFlight.delete(sending));
+            inFlight.add(sending);
+          }
+          if (!next.length && !inFlight.size) {
+            await this.removeConfirmed();
+            return undefined;
           }
         }
-        this.retryLater(); // link trouble or a refusal not yet final: again after a pause
-        return;
+        this.again = false;
+        await Promise.race([...inFlight, new Promise<void>((resolve) => { this.wake = resolve; })]);
+        this.wake = undefined;
+        await this.removeConfirmed();
+        if (!failed) this.backoff.reset();
       }
-      this.backoff.reset();
-      await this.spool.remove(head.seq);
-      this.hooks.onChange?.();
+      await Promise.all(inFlight);
+      await this.removeConfirmed();
+      return failed;
+    } finally {
+      this.wake = undefined;
     }
+  }
+
+  /** Takes the confirmed messages at the head out of the spool. */
+  private async removeConfirmed(): Promise<void> {
+    let removed = false;
+    for (let head = this.spool.headSeq; head !== undefined && this.confirmed.has(head); head = this.spool.headSeq) {
+      this.confirmed.delete(head);
+      await this.spool.remove(head);
+      removed = true;
+    }
+    // Ones dropped for space or expired meanwhile are no longer in the spool.
+    const head = this.spool.headSeq;
+    for (const seq of this.confirmed) if (head === undefined || seq < head) this.confirmed.delete(seq);
+    if (removed) this.hooks.onChange?.();
   }
 }
