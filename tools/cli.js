@@ -36,7 +36,7 @@ function freePort() {
 async function startMosquitto(dir, maxQueued = 0) {
   const port = await freePort();
   const conf = path.join(dir, 'mosquitto.conf');
-  fs.writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages ${maxQueued}\n`);
+  fs.writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages ${maxQueued}\nset_tcp_nodelay true\n`);
   const binary = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto'].find((p) => fs.existsSync(p));
   if (!binary) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
   const child = spawn(binary, ['-c', conf], { stdio: 'ignore' });

@@ -276,7 +276,7 @@ export class DiskSpool implements SpoolCounters {
     if (lockedHere.has(this.dir)) {
       throw new Error(`spool folder ${this.dir} is already used by another connection in this Node-RED (process ${process.pid}): give each connection its own spool folder`);
     }
-    const me = JSON.stringify({ pid: process.pid, host: os.hostname(), since: new Date().toISOString() });
+    const me = this.lockContent();
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         await fs.writeFile(file, me, { flag: 'wx', mode: 0o600 });
@@ -302,6 +302,10 @@ export class DiskSpool implements SpoolCounters {
       await fs.rm(file, { force: true });
     }
     throw new Error(`cannot lock the spool folder ${this.dir}`);
+  }
+
+  private lockContent(): string {
+    return JSON.stringify({ pid: process.pid, host: os.hostname(), since: new Date().toISOString() });
   }
 
   private async releaseLock(): Promise<void> {
@@ -468,7 +472,12 @@ export class DiskSpool implements SpoolCounters {
   private async appendBatch(messages: SpooledMessage[]): Promise<void> {
     const firstSeq = this.nextSeq;
     const records = messages.map((m, i) => encodeRecord(firstSeq + i, m));
-    const newSegment = !this.active || this.active.segment.size >= SEGMENT_TARGET_BYTES;
+    let newSegment = !this.active || this.active.segment.size >= SEGMENT_TARGET_BYTES;
+    if (!newSegment && (await this.active!.handle.stat()).nlink === 0) {
+      // Deleted while open (an operator freeing space): writing on would store nothing that survives a restart.
+      this.onWarning(`${this.active!.segment.name} was deleted while in use; new messages go to a new segment (those still in memory are sent, the others are lost)`);
+      newSegment = true;
+    }
     if (newSegment) await this.startSegment(firstSeq);
     const { segment, handle } = this.active!;
     const data = Buffer.concat(records);
@@ -506,7 +515,17 @@ export class DiskSpool implements SpoolCounters {
     await this.closeActive();
     const name = segmentName(firstSeq);
     const file = path.join(this.dir, name);
-    const handle = await fs.open(file, 'w', 0o600);
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(file, 'w', 0o600);
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) throw err;
+      // The whole folder was deleted while in use: made again, with our lock, so the spool goes on.
+      await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await fs.writeFile(path.join(this.dir, LOCK_FILE), this.lockContent(), { mode: 0o600 });
+      this.onWarning(`the spool folder ${this.dir} was deleted while in use; made it again`);
+      handle = await fs.open(file, 'w', 0o600);
+    }
     const segment: Segment = { name, file, firstSeq, lastSeq: firstSeq - 1, size: 0 };
     this.segments.push(segment);
     this.active = { segment, handle };

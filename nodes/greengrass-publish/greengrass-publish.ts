@@ -1,7 +1,7 @@
 /** greengrass-publish: sends msg.payload through a greengrass-connection (IPC or MQTT, spooled). */
-import { showError } from '../lib/node-status';
+import { showError, StatusThrottle, statusText } from '../lib/node-status';
 import { frameOf } from '../lib/messages';
-import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, numberSetting } from '../lib/red-types';
+import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeStatus, numberSetting } from '../lib/red-types';
 import type { DeadLetter, GreengrassConnectionNode } from '../greengrass-connection/greengrass-connection';
 import { encodePayload, renderTopic, toAwsMlInferenceMessage } from './publish-format';
 
@@ -24,10 +24,15 @@ module.exports = function (RED: NodeAPI) {
     }
     let published = 0;
     let warnedOutage = false;
+    const statusThrottle = new StatusThrottle(node);
 
-    function showStatus() {
-      if (!connection) return;
-      if (settingError) return showError(node, settingError);
+    /** Per message and per change of the queue: throttled. A change of the connection's state shows at once. */
+    const showStatusSoon = () => statusThrottle.update(currentStatus);
+    const showStatus = () => statusThrottle.now(currentStatus());
+
+    function currentStatus(): NodeStatus {
+      if (!connection) return { fill: 'red', shape: 'ring', text: 'no connection selected' };
+      if (settingError) return { fill: 'red', shape: 'ring', text: statusText(settingError) };
       const { state, lastError, queued } = connection;
       const via = connection.transportName === 'ipc' ? 'IPC' : 'MQTT';
       const counters = connection.spoolCounters();
@@ -38,14 +43,12 @@ module.exports = function (RED: NodeAPI) {
       const extra = `${queued ? ` · ${queued} queued` : ''}${losses ? ` · ${losses}` : ''}`;
       if (state === 'connected') {
         warnedOutage = false;
-        node.status({ fill: queued ? 'yellow' : 'green', shape: 'dot', text: `${via} connected · ${published} sent${extra}` });
-      } else if (state === 'connecting') {
-        node.status({ fill: 'yellow', shape: 'ring', text: `connecting${extra}` });
-      } else if (state === 'disconnected') {
-        showError(node, `disconnected${extra}${lastError ? `: ${lastError}` : ''}`);
-      } else if (state === 'error') {
-        showError(node, (lastError ?? 'error'));
+        return { fill: queued ? 'yellow' : 'green', shape: 'dot', text: `${via} connected · ${published} sent${extra}` };
       }
+      if (state === 'connecting') return { fill: 'yellow', shape: 'ring', text: `connecting${extra}` };
+      if (state === 'disconnected') return { fill: 'red', shape: 'ring', text: statusText(`disconnected${extra}${lastError ? `: ${lastError}` : ''}`) };
+      if (state === 'error') return { fill: 'red', shape: 'ring', text: statusText(lastError ?? 'error') };
+      return { fill: 'grey', shape: 'ring', text: 'stopped' };
     }
 
     /** A message the server refused for good, set aside by the spool: one report, to Catch. */
@@ -62,7 +65,7 @@ module.exports = function (RED: NodeAPI) {
       showError(node, 'no connection selected');
     } else {
       connection.events.on('state', showStatus);
-      connection.events.on('queue', showStatus);
+      connection.events.on('queue', showStatusSoon);
       connection.events.on('deadletter', reportDeadLetter);
       connection.register(node);
       showStatus();
@@ -88,7 +91,7 @@ module.exports = function (RED: NodeAPI) {
           warnedOutage = true;
           node.error(`not connected to ${connection.description}${connection.lastError ? ` (${connection.lastError})` : ''}: results are queued on disk and will be delivered in order`, msg);
         }
-        showStatus();
+        showStatusSoon();
         send(msg);
         done();
       } catch (err) {
@@ -98,8 +101,9 @@ module.exports = function (RED: NodeAPI) {
 
     node.on('close', (removed: boolean, done: () => void) => {
       if (!connection) return done();
+      statusThrottle.stop();
       connection.events.off('state', showStatus);
-      connection.events.off('queue', showStatus);
+      connection.events.off('queue', showStatusSoon);
       connection.events.off('deadletter', reportDeadLetter);
       connection.deregister(node, done, removed);
     });

@@ -20,3 +20,52 @@ export function failMessage(node: Pick<Node, 'status'>, done: DoneFunction, err:
   showError(node, errorMessage(err));
   done(err instanceof Error ? err : new Error(String(err)));
 }
+
+type StatusValue = Parameters<Node['status']>[0];
+
+/**
+ * Status updates at most every `intervalMs` for what changes with every message: at video rates and
+ * with many cameras a status per message costs more than it tells (each one goes to Status nodes and
+ * to every open editor). The latest update is shown when the interval is up, so the status never
+ * stays behind; `now` shows at once (state changes, errors). Call `stop` on close.
+ */
+export class StatusThrottle {
+  private lastAt = 0;
+  private timer?: NodeJS.Timeout;
+  private latest?: () => StatusValue;
+
+  constructor(private readonly node: Pick<Node, 'status'>, private readonly intervalMs = 500) {}
+
+  /** The status as a function, so that its text is only built when it is shown. */
+  update(status: () => StatusValue): void {
+    this.latest = status;
+    if (this.timer) return;
+    const wait = this.lastAt + this.intervalMs - Date.now();
+    if (wait <= 0) return this.showLatest();
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.showLatest();
+    }, wait);
+    this.timer.unref?.();
+  }
+
+  now(status: StatusValue): void {
+    this.stop();
+    this.lastAt = Date.now();
+    this.node.status(status);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.latest = undefined;
+  }
+
+  private showLatest(): void {
+    const latest = this.latest;
+    this.latest = undefined;
+    if (!latest) return;
+    this.lastAt = Date.now();
+    this.node.status(latest());
+  }
+}

@@ -1,5 +1,5 @@
 /** ml-preprocess: image Buffer -> model input tensor (sharp), settings from the model or the dialog. */
-import { failMessage, showError } from '../lib/node-status';
+import { failMessage, showError, StatusThrottle } from '../lib/node-status';
 import { SupersededError } from '../lib/limiter';
 import { cameraOf, frameOf, PreprocessInfo } from '../lib/messages';
 import { imageToTensor } from '../lib/preprocess';
@@ -38,7 +38,7 @@ module.exports = function (RED: NodeAPI) {
       showError(node, 'no model');
     }
     if (model) model.register(node);
-    let lastStatusAt = 0;
+    const statusThrottle = new StatusThrottle(node);
     let superseded = 0;
 
     async function currentSpec(msg: NodeMessage): Promise<PreprocessSpec> {
@@ -82,26 +82,24 @@ module.exports = function (RED: NodeAPI) {
           // Exactly which part of the frame went where in the input: ml-inference maps boxes back with it.
           geometry: result.geometry,
         } satisfies PreprocessInfo;
-        const now = Date.now();
-        if (now - lastStatusAt >= 500) {
-          // At video rates and with many cameras a status per frame costs more than it tells.
-          lastStatusAt = now;
-          node.status({ fill: 'green', shape: 'dot', text: `${spec.width}x${spec.height} · ${Math.round(result.ms)} ms` });
-        }
+        const ms = Math.round(result.ms);
+        statusThrottle.update(() => ({ fill: 'green', shape: 'dot', text: `${spec.width}x${spec.height} · ${ms} ms` }));
         send(msg);
         done();
       } catch (err) {
         if (err instanceof SupersededError) {
           // Overloaded: this camera's newer frame goes instead (a deliberate drop, as in ml-inference).
           superseded++;
-          node.status({ fill: 'yellow', shape: 'dot', text: `overloaded: ${superseded} older frames skipped` });
+          statusThrottle.update(() => ({ fill: 'yellow', shape: 'dot', text: `overloaded: ${superseded} older frames skipped` }));
           return done();
         }
+        statusThrottle.stop();
         failMessage(node, done, err);
       }
     });
 
     node.on('close', (removed: boolean, done: () => void) => {
+      statusThrottle.stop();
       if (model) model.deregister(node, done, removed);
       else done();
     });

@@ -1,5 +1,5 @@
 /** ml-route: one output per rule plus an "uncertain" output, on the prediction from ml-inference. */
-import { failMessage, showError } from '../lib/node-status';
+import { failMessage, showError, StatusThrottle } from '../lib/node-status';
 import type { RouteInfo } from '../lib/messages';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, numberSetting } from '../lib/red-types';
 import { Router, validateRules } from './routing';
@@ -39,6 +39,7 @@ module.exports = function (RED: NodeAPI) {
       node.error(configError);
     }
     const counts = new Map<string, number>();
+    const statusThrottle = new StatusThrottle(node);
 
     node.on('input', (msg, send, done) => {
       if (!router) return done(new Error(configError));
@@ -52,21 +53,26 @@ module.exports = function (RED: NodeAPI) {
         const decision = router.decide(label, score, camera);
         msg.route = { bin: decision.bin, output: decision.output, reason: decision.reason, threshold: decision.threshold, agreeing: decision.agreeing } satisfies RouteInfo;
         if (decision.output === null) {
-          node.status({ fill: 'yellow', shape: 'ring', text: `${label}: ${decision.agreeing} of ${router.options.consecutive} frames agree` });
+          const { agreeing } = decision;
+          const needed = router.options.consecutive;
+          statusThrottle.update(() => ({ fill: 'yellow', shape: 'ring', text: `${label}: ${agreeing} of ${needed} frames agree` }));
           return done(); // held until enough frames agree
         }
         (msg.payload as Record<string, unknown>).bin = decision.bin;
         counts.set(decision.bin, (counts.get(decision.bin) ?? 0) + 1);
-        node.status({ fill: decision.output === router.uncertainOutput ? 'yellow' : 'green', shape: 'dot',
-          text: [...counts].map(([bin, n]) => `${bin} ${n}`).join(' · ').slice(0, 80) });
+        const fill = decision.output === router.uncertainOutput ? 'yellow' : 'green';
+        statusThrottle.update(() => ({ fill, shape: 'dot', text: [...counts].map(([bin, n]) => `${bin} ${n}`).join(' · ').slice(0, 80) }));
         const outputs: (NodeMessage | null)[] = new Array(router.uncertainOutput + 1).fill(null);
         outputs[decision.output] = msg;
         send(outputs);
         done();
       } catch (err) {
+        statusThrottle.stop();
         failMessage(node, done, err);
       }
     });
+
+    node.on('close', () => statusThrottle.stop());
   }
 
   RED.nodes.registerType('ml-route', MlRoute);
