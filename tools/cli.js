@@ -32,7 +32,12 @@ function freePort() {
   });
 }
 
-/** A plain mosquitto on loopback with its configuration in `dir`; `maxQueued` 0 means no limit. */
+/**
+ * A plain mosquitto on loopback with its configuration in `dir`; `maxQueued` 0 means no limit.
+ * TCP_NODELAY on, as Moquette (Greengrass's local broker) defaults to (its NettyAcceptor:
+ * `netty.tcp_nodelay`, default true): mosquitto's default holds small packets back for the peer's
+ * delayed ACK, about 40 ms, which would be the broker's latency, not ours.
+ */
 async function startMosquitto(dir, maxQueued = 0) {
   const port = await freePort();
   const conf = path.join(dir, 'mosquitto.conf');

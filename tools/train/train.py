@@ -54,6 +54,9 @@ def parse_args():
     p.add_argument("--metrics", default="", help="JSON file for validation metrics (default: next to --out)")
     p.add_argument("--no-flip-average", dest="flip_average", action="store_false",
                    help="export the bare network instead of averaging it over the frame and its mirror image")
+    p.add_argument("--resume", default="", metavar="STATE",
+                   help="the training state file: written after every epoch, and read at start when it "
+                        "exists, so a run stopped (a reboot, the end of a working session) goes on where it was")
     p.add_argument("--export-only", default="", metavar="CHECKPOINT",
                    help="skip training: evaluate and export the weights saved in CHECKPOINT (runs/last.pt)")
     return p.parse_args()
@@ -308,6 +311,31 @@ def main():
     t_train = time.time()
     epoch_times = []
     epoch = 0
+    # What must match for a saved state to be continued: anything else would silently train another recipe.
+    recipe = {k: getattr(args, k) for k in ("width", "height", "widths", "batch", "lr", "seed", "channels_last")}
+    recipe["train"] = len(train_items)
+    if args.resume and os.path.exists(args.resume):
+        state = torch.load(args.resume)
+        if state["recipe"] != recipe:
+            raise SystemExit(f"{args.resume} holds a run of another recipe ({state['recipe']}, this one: {recipe}): "
+                             "delete it or pass the same options")
+        model.load_state_dict(state["model"])
+        ema.shadow = state["ema"]
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch, step, epochs, history = state["epoch"], state["step"], state["epochs"], state["history"]
+        t_train = time.time() - state["train_seconds"]
+        print(f"resumed {args.resume} after epoch {epoch} of {epochs} ({state['train_seconds'] / 60:.0f} min so far)", flush=True)
+
+    def save_state():
+        # Written beside and renamed, so a power cut leaves the previous epoch's state, never half a file.
+        tmp = args.resume + ".tmp"
+        torch.save({"recipe": recipe, "model": model.state_dict(), "ema": ema.shadow, "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step,
+                    "epochs": epochs, "history": history, "train_seconds": time.time() - t_train}, tmp)
+        os.replace(tmp, args.resume)
+
     while epoch < epochs:
         epoch += 1
         model.train()
@@ -351,6 +379,8 @@ def main():
             line += f" val_acc {acc:.4f}"
             history.append({"epoch": epoch, "val_acc": round(acc, 4)})
         print(line, flush=True)
+        if args.resume:
+            save_state()
 
     train_minutes = (time.time() - t_train) / 60
     # Keep the weights before export so a failed export never costs a retrain.
