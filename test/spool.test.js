@@ -186,6 +186,25 @@ test('messages within the memory budget are sent from memory; past it, and after
   await reopened.close();
 });
 
+test('a message can be sent while it is being written; confirmed before the write ends, it is not sent again after a reopen', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir);
+  const stored = spool.push(message(1));
+  // Not on disk yet, already available to send (a broker that has it makes the disk write moot).
+  const [head] = await spool.peekAfter(0, 5);
+  assert.equal(JSON.parse(head.payload).n, 1);
+  await spool.remove(head.seq);
+  assert.equal(spool.length, 0);
+  await stored;
+  assert.equal(spool.length, 0, 'the finished write does not bring it back');
+  assert.equal(spool.bytes, 0);
+  await spool.push(message(2));
+  await spool.close();
+  const { spool: reopened } = await openSpool(dir);
+  assert.deepEqual(await drainAll(reopened), [2]);
+  await reopened.close();
+});
+
 test('drainer: up to a window of messages in flight, sent in order; only unconfirmed ones are sent again after link trouble', async () => {
   const dir = tmpDir('spool-');
   const { spool } = await openSpool(dir);

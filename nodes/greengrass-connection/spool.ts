@@ -67,16 +67,18 @@ interface Segment {
 
 interface Entry {
   seq: number;
-  segment: Segment;
+  /** Unset while the message is being written. */
+  segment?: Segment;
   offset: number;
+  /** Bytes of its record on disk; 0 while being written. */
   length: number;
   expiresAt?: number;
-  /** The message itself while it is within the memory budget (it is on disk either way). */
+  /** The message itself: always while it is being written, then while within the memory budget. */
   message?: SpooledMessage;
 }
 
 interface PendingWrite {
-  message: SpooledMessage;
+  entry: Entry;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -441,11 +443,17 @@ export class DiskSpool implements SpoolCounters {
     for (const v of valid) await fs.rm(v.file, { force: true });
   }
 
-  /** Stores a message durably at the tail; resolves once it is on disk. */
+  /**
+   * Stores a message durably at the tail; resolves once it is on disk. The message can be sent at
+   * once, while it is being written: a broker that confirms it first makes the disk write moot, and
+   * a power cut before both loses only a message that was never reported as accepted.
+   */
   push(message: SpooledMessage): Promise<void> {
     if (this.state !== 'open') return Promise.reject(new Error(`the spool ${this.dir} is not open`));
+    const entry: Entry = { seq: this.nextSeq++, offset: 0, length: 0, expiresAt: message.expiresAt, message };
+    this.entries.push(entry);
     return new Promise<void>((resolve, reject) => {
-      this.pending.push({ message, resolve, reject });
+      this.pending.push({ entry, resolve, reject });
       if (!this.flushing) this.flushing = this.flush();
     });
   }
@@ -456,9 +464,12 @@ export class DiskSpool implements SpoolCounters {
       while (this.pending.length) {
         const batch = this.pending.splice(0);
         try {
-          await this.appendBatch(batch.map((p) => p.message));
+          await this.appendBatch(batch.map((p) => p.entry));
           batch.forEach((p) => p.resolve());
         } catch (err) {
+          // Not accepted: out of the queue again (one already confirmed by the broker is simply gone).
+          const failed = new Set(batch.map((p) => p.entry));
+          this.entries = this.entries.filter((e) => !failed.has(e));
           const error = new Error(`cannot store the message in the spool folder ${this.dir}: ${(err as Error).message}`);
           batch.forEach((p) => p.reject(error));
         }
@@ -469,9 +480,14 @@ export class DiskSpool implements SpoolCounters {
     }
   }
 
-  private async appendBatch(messages: SpooledMessage[]): Promise<void> {
-    const firstSeq = this.nextSeq;
-    const records = messages.map((m, i) => encodeRecord(firstSeq + i, m));
+  /** True while the entry is still in the queue (not yet delivered, dropped or expired). */
+  private isQueued(entry: Entry): boolean {
+    return this.entries[this.indexAfter(entry.seq - 1)] === entry;
+  }
+
+  private async appendBatch(batch: Entry[]): Promise<void> {
+    const firstSeq = batch[0].seq;
+    const records = batch.map((e) => encodeRecord(e.seq, e.message!));
     let newSegment = !this.active || this.active.segment.size >= SEGMENT_TARGET_BYTES;
     if (!newSegment && (await this.active!.handle.stat()).nlink === 0) {
       // Deleted while open (an operator freeing space): writing on would store nothing that survives a restart.
@@ -492,18 +508,19 @@ export class DiskSpool implements SpoolCounters {
       await handle.truncate(before).catch(() => this.closeActive());
       throw err;
     }
-    this.nextSeq = firstSeq + records.length;
     let offset = before;
     const memoryBudget = this.limits.memoryBytes ?? DEFAULT_MEMORY_BYTES;
     records.forEach((record, i) => {
-      const inMemory = this.memoryBytes + record.length <= memoryBudget;
-      if (inMemory) this.memoryBytes += record.length;
-      this.entries.push({ seq: firstSeq + i, segment, offset, length: record.length, expiresAt: messages[i].expiresAt, message: inMemory ? messages[i] : undefined });
+      const entry = batch[i];
+      Object.assign(entry, { segment, offset, length: record.length });
       offset += record.length;
+      if (!this.isQueued(entry)) return; // confirmed by the broker while it was being written
       this.totalBytes += record.length;
+      if (this.memoryBytes + record.length <= memoryBudget) this.memoryBytes += record.length;
+      else entry.message = undefined;
     });
     segment.size = offset;
-    segment.lastSeq = this.nextSeq - 1;
+    segment.lastSeq = batch[batch.length - 1].seq;
     while (this.entries.length > this.limits.maxMessages || (this.totalBytes > this.limits.maxBytes && this.entries.length > 1)) {
       this.dropped++;
       this.advance(this.entries[0].seq);
@@ -570,11 +587,11 @@ export class DiskSpool implements SpoolCounters {
       }
       try {
         const { seq, ...message } = await this.read(entry);
-        if (this.entries[this.indexAfter(seq - 1)] !== entry) continue; // dropped for space meanwhile
+        if (!this.isQueued(entry)) continue; // dropped for space meanwhile
         found.push({ ...message, seq });
       } catch (err) {
         if (!atHead) break;
-        await this.loseSegment(entry.segment, (err as Error).message);
+        await this.loseSegment(entry.segment!, (err as Error).message);
       }
     }
     return found;
@@ -598,10 +615,12 @@ export class DiskSpool implements SpoolCounters {
   }
 
   private async read(entry: Entry): Promise<StoredRecord> {
-    if (this.reader?.segment !== entry.segment) {
+    // Only written entries lack their message in memory.
+    const segment = entry.segment!;
+    if (this.reader?.segment !== segment) {
       await this.reader?.handle.close().catch(() => undefined);
       this.reader = undefined;
-      this.reader = { segment: entry.segment, handle: await fs.open(entry.segment.file, 'r') };
+      this.reader = { segment, handle: await fs.open(segment.file, 'r') };
     }
     const buffer = Buffer.alloc(entry.length);
     const { bytesRead } = await this.reader.handle.read(buffer, 0, entry.length, entry.offset);
@@ -652,7 +671,7 @@ export class DiskSpool implements SpoolCounters {
   private advance(seq: number): void {
     while (this.entries.length && this.entries[0].seq <= seq) {
       const gone = this.entries.shift()!;
-      this.totalBytes -= gone.length;
+      this.totalBytes -= gone.length; // 0 while being written: counted only once written
       if (gone.message) this.memoryBytes -= gone.length;
     }
     if (seq > this.deliveredSeq) this.deliveredSeq = seq;
@@ -768,10 +787,15 @@ export class SpoolDrainer {
     this.backoff = new Backoff(options.minRetryMs ?? 500, options.maxRetryMs ?? 10_000, 2);
   }
 
+  /** Queues a message and starts sending it while it is written; resolves once it is on disk. */
   async submit(message: SpooledMessage): Promise<void> {
-    await this.spool.push(message);
-    this.hooks.onChange?.();
+    const stored = this.spool.push(message);
     this.kick();
+    try {
+      await stored;
+    } finally {
+      this.hooks.onChange?.();
+    }
   }
 
   start(): void {
