@@ -3,6 +3,7 @@
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
+const net = require('net');
 const path = require('path');
 const { node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, makeCertificates, freePort, collect, nextMessage, sleep, until } = require('./helpers');
 const { DiskSpool } = require('../nodes/greengrass-connection/spool');
@@ -135,6 +136,81 @@ test('results spooled while the broker is down survive a Node-RED restart and go
   }
 });
 
+/**
+ * A TCP proxy that delays both directions (a broker far away, as AWS IoT Core is from a plant) and
+ * reads the MQTT fixed headers going through (MQTT 5.0 section 2.1: packet type in the high nibble of
+ * the first byte, then the remaining length as a variable byte integer), to count the QoS 1 PUBLISH
+ * packets the client has sent that the broker has not acknowledged with a PUBACK yet.
+ */
+function slowLinkProxy(brokerPort, delayMs) {
+  const stats = { publishes: 0, inFlight: 0, mostInFlight: 0 };
+  const packets = (onPacket) => {
+    let pending = Buffer.alloc(0);
+    return (chunk) => {
+      pending = Buffer.concat([pending, chunk]);
+      for (;;) {
+        let length = 0;
+        let multiplier = 1;
+        let i = 1;
+        for (; i < pending.length && i <= 4; i++) {
+          length += (pending[i] & 0x7f) * multiplier;
+          multiplier *= 128;
+          if (!(pending[i] & 0x80)) break;
+        }
+        if (i >= pending.length || pending.length < i + 1 + length) return;
+        onPacket(pending[0]);
+        pending = pending.subarray(i + 1 + length);
+      }
+    };
+  };
+  const server = net.createServer((client) => {
+    const broker = net.connect(brokerPort, '127.0.0.1');
+    const toBroker = packets((first) => {
+      if (first >> 4 === 3 && ((first >> 1) & 3) === 1) {
+        stats.publishes++;
+        stats.mostInFlight = Math.max(stats.mostInFlight, ++stats.inFlight);
+      }
+    });
+    const toClient = packets((first) => { if (first >> 4 === 4) stats.inFlight--; });
+    client.on('data', (d) => { toBroker(d); setTimeout(() => broker.write(d), delayMs); });
+    broker.on('data', (d) => setTimeout(() => { toClient(d); client.write(d); }, delayMs));
+    client.on('error', () => broker.destroy());
+    broker.on('error', () => client.destroy());
+    client.on('close', () => broker.destroy());
+    broker.on('close', () => client.destroy());
+  });
+  return { stats, server };
+}
+
+test('a broker far away: spooled results go out many at a time, not one per round trip, in order and each once', async () => {
+  const broker = await startMosquitto();
+  const sub = await collect(broker.url, ['recycling/#']);
+  const proxyPort = await freePort();
+  const proxy = slowLinkProxy(broker.port, 40); // 80 ms round trip
+  try {
+    // The proxy is not listening yet: the link is down, and 60 results wait in the spool.
+    await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: `mqtt://127.0.0.1:${proxyPort}`, spoolDir: tmpDir('gg-spool-') }));
+    for (let n = 1; n <= 60; n++) {
+      const accepted = nextMessage(helper.getNode('sent'));
+      helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+      await accepted;
+    }
+    assert.equal(helper.getNode('conn').queued, 60);
+    await new Promise((resolve) => proxy.server.listen(proxyPort, '127.0.0.1', resolve));
+    await sub.waitFor(60, 30_000);
+    assert.deepEqual(sub.messages.map((m) => JSON.parse(m.payload).n), Array.from({ length: 60 }, (_, i) => i + 1));
+    assert.equal(proxy.stats.publishes, 60, 'each result crossed the link once');
+    // One at a time, 60 results would take 60 round trips; mosquitto announces a receive maximum of 20.
+    assert.ok(proxy.stats.mostInFlight > 1 && proxy.stats.mostInFlight <= 64, `${proxy.stats.mostInFlight} in flight at most`);
+    await until(() => helper.getNode('conn').queued === 0, 5000, 'an empty spool');
+  } finally {
+    await helper.unload();
+    proxy.server.close();
+    await sub.close();
+    await broker.close();
+  }
+});
+
 test('a message the broker refuses (ACL) is set aside after three tries, reported by its own node, and the rest keep flowing', async () => {
   // mosquitto answers a QoS 1 PUBLISH that its ACL denies with PUBACK reason 0x87 (not authorized)
   // to MQTT 5 clients; without a dead letter it would block every later result forever.
@@ -243,7 +319,6 @@ test('IPC: a wrong token is refused, results wait in the spool, and go out once 
 // ---- The test nucleus refuses what the real nucleus refuses (see test/fixtures/ipc-server.js for the
 // nucleus source each rule comes from), and the client sets permanent refusals aside.
 
-const net = require('net');
 const { crc32 } = require('zlib');
 const { IpcTransport } = require('../nodes/greengrass-connection/ipc-transport');
 const { RefusedError } = require('../nodes/greengrass-connection/spool');
