@@ -634,20 +634,31 @@ export class DiskSpool implements SpoolCounters {
 
   /** A segment that can no longer be read (deleted or damaged while open): its messages are lost, the rest go on. */
   private async loseSegment(segment: Segment, why: string): Promise<void> {
-    const lost = this.entries.filter((e) => e.segment === segment);
+    const lost = new Set<Entry>();
+    for (const e of this.entries) {
+      if (e.segment !== segment) continue;
+      if (e.message) e.segment = undefined; // still in memory: it can still be sent
+      else lost.add(e);
+    }
     if (this.reader?.segment === segment) {
       await this.reader.handle.close().catch(() => undefined);
       this.reader = undefined;
     }
     if (this.active?.segment === segment) await this.closeActive();
-    this.lost += lost.length;
-    for (const e of lost) this.advance(e.seq);
+    this.lost += lost.size;
+    this.entries = this.entries.filter((e) => {
+      if (!lost.has(e)) return true;
+      this.totalBytes -= e.length;
+      return false;
+    });
     this.segments = this.segments.filter((s) => s !== segment);
-    await this.quarantine(segment.file, `${lost.length} spooled messages in ${segment.name} cannot be read (${why}) and are skipped`);
+    await this.quarantine(segment.file, `${lost.size} spooled messages in ${segment.name} cannot be read (${why}) and are skipped`);
   }
 
   /** Removes the oldest message once it has been delivered (or given up on). */
   async remove(seq: number): Promise<void> {
+    // Closed: a late confirmation must not touch files another spool may own by now (it goes again: at least once).
+    if (this.state !== 'open') return;
     if (this.entries[0]?.seq !== seq) return; // already dropped for space or expired
     this.advance(seq);
     await this.releaseDeliveredSegments();
@@ -702,12 +713,18 @@ export class DiskSpool implements SpoolCounters {
         if (segment.size < SEGMENT_TARGET_BYTES) return;
         await this.closeActive();
       }
-      this.segments.shift();
       if (this.reader?.segment === segment) {
         await this.reader.handle.close().catch(() => undefined);
         this.reader = undefined;
       }
-      await fs.rm(segment.file, { force: true });
+      try {
+        await fs.rm(segment.file, { force: true });
+      } catch (err) {
+        // Its messages are delivered whatever happens to the file: tried again at the next release.
+        this.onWarning(`cannot delete the delivered segment ${segment.file}: ${(err as Error).message}`);
+        return;
+      }
+      this.segments = this.segments.filter((s) => s !== segment);
     }
   }
 
@@ -863,42 +880,43 @@ export class SpoolDrainer {
 
   /**
    * Keeps up to `window` messages in flight until the spool is empty, the link goes down or a send
-   * fails; then waits for those in flight. Returns the first failure, if any.
+   * fails; then waits for those in flight (also when something throws, so that no send of this pass
+   * is still running when the next one starts). Returns the first failure, if any.
    */
   private async sendWhileUp(): Promise<{ message: SpooledMessage & { seq: number }; error: unknown } | undefined> {
     const window = Math.max(1, this.options.window ?? DEFAULT_DRAIN_WINDOW);
     const inFlight = new Set<Promise<void>>();
     let failed: { message: SpooledMessage & { seq: number }; error: unknown } | undefined;
+    let confirmedAny = false;
     let lastSent = 0;
     try {
       while (!this.stopped && this.isUp() && !failed) {
+        await this.removeConfirmed();
         if (inFlight.size < window) {
+          this.again = false;
           const next = await this.spool.peekAfter(lastSent, window - inFlight.size);
           for (const message of next) {
             lastSent = message.seq;
-            if (this.confirmed.has(message.seq)) continue;
+            if (this.confirmed.has(message.seq)) continue; // confirmed in an earlier pass, behind a failed one
             const sending: Promise<void> = this.send(message).then(
-              () => { this.confirmed.add(message.seq); },
+              () => { this.confirmed.add(message.seq); confirmedAny = true; },
               (error) => { failed ??= { message, error }; },
             ).finally(() => inFlight.delete(sending));
             inFlight.add(sending);
           }
-          if (!next.length && !inFlight.size) {
-            await this.removeConfirmed();
-            return undefined;
-          }
+          if (!next.length && !inFlight.size) return undefined;
+          if (!inFlight.size) continue; // all of them were confirmed before: look further
         }
-        this.again = false;
+        if (this.again) continue; // something new arrived meanwhile and there is room
         await Promise.race([...inFlight, new Promise<void>((resolve) => { this.wake = resolve; })]);
         this.wake = undefined;
-        await this.removeConfirmed();
-        if (!failed) this.backoff.reset();
+        if (confirmedAny) this.backoff.reset();
       }
-      await Promise.all(inFlight);
-      await this.removeConfirmed();
       return failed;
     } finally {
       this.wake = undefined;
+      await Promise.all(inFlight); // the sends' own outcomes are handled above: these never reject
+      await this.removeConfirmed();
     }
   }
 
