@@ -205,6 +205,53 @@ test('a message can be sent while it is being written; confirmed before the writ
   await reopened.close();
 });
 
+test('a segment that cannot be read loses only the messages not also held in memory', async () => {
+  const dir = tmpDir('spool-');
+  const { spool } = await openSpool(dir, { ...LIMITS, memoryBytes: 200 });
+  await spool.push({ topic: 'big', payload: 'x'.repeat(500), qos: 1, at: 1 }); // over the budget: on disk only
+  await spool.push({ topic: 'small', payload: 'y', qos: 1, at: 2 });
+  for (const name of segments(dir)) fs.rmSync(path.join(dir, name));
+  const run = await spool.peekAfter(0, 10);
+  assert.deepEqual(run.map((m) => m.topic), ['small']);
+  assert.equal(spool.lost, 1);
+  await spool.close();
+});
+
+test('drainer: a pass that fails (a delivered segment cannot be deleted) is retried and delivers the rest; late confirmations after close change nothing', async () => {
+  const dir = tmpDir('spool-');
+  const { spool, warnings } = await openSpool(dir);
+  await spool.push({ topic: 'A', payload: 'x'.repeat(4.2e6), qos: 1, at: 1 }); // fills the first segment
+  await spool.push(message(2));
+  await spool.push(message(3));
+  const realRm = fs.promises.rm;
+  let failOnce = true;
+  fs.promises.rm = async (file, options) => {
+    if (failOnce && String(file).endsWith('.log')) {
+      failOnce = false;
+      throw Object.assign(new Error('EIO: i/o error'), { code: 'EIO' });
+    }
+    return realRm(file, options);
+  };
+  try {
+    const sent = [];
+    const drainer = new SpoolDrainer(spool, async (m) => { sent.push(m.topic); }, () => true, {}, { minRetryMs: 20, maxRetryMs: 40 });
+    drainer.start();
+    await until(() => spool.length === 0, 5000, 'every message delivered without new traffic');
+    assert.deepEqual(sent, ['A', 't/2', 't/3']);
+    assert.match(warnings.join('\n'), /cannot delete the delivered segment .*EIO/);
+    drainer.stop();
+  } finally {
+    fs.promises.rm = realRm;
+  }
+  await spool.push(message(4));
+  const [four] = await spool.peekAfter(0, 1);
+  await spool.close();
+  await spool.remove(four.seq); // a PUBACK arriving after the connection closed the spool
+  const { spool: reopened } = await openSpool(dir);
+  assert.deepEqual(await drainAll(reopened), [4], 'the late confirmation did not count: it goes again (at least once)');
+  await reopened.close();
+});
+
 test('drainer: up to a window of messages in flight, sent in order; only unconfirmed ones are sent again after link trouble', async () => {
   const dir = tmpDir('spool-');
   const { spool } = await openSpool(dir);
