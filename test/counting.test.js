@@ -37,21 +37,16 @@ async function countedBelts() {
   return report;
 }
 
-// What the shipped detector does now, asserted so it cannot slip back: the total within 10 % and the
-// labels of counted items right at least 45 % of the time (53.5 % when it was trained; chance is 17 %).
-test('belts of validation photos: the total count within 10 % of the truth, labels well above chance', async () => {
+// The issue's target for the total, and the labels of counted items right at least 45 % of the time
+// (51.6 % with the shipped detector and threshold; chance is 17 %), so neither can slip back.
+test('belts of validation photos: the total count within 5 % of the truth, labels well above chance', async () => {
   const r = await countedBelts();
   assert.equal(r.total.truth, 240);
-  assert.ok(Math.abs(r.total.error) <= 0.10, `total: counted ${r.total.counted} of ${r.total.truth}`);
+  assert.ok(Math.abs(r.total.error) <= 0.05, `total: counted ${r.total.counted} of ${r.total.truth}`);
   assert.ok(r.itemLabelAccuracy >= 0.45, `labels of counted items right: ${(100 * r.itemLabelAccuracy).toFixed(1)} %`);
 });
 
-const ISSUE_13_TARGETS = 'issue 13: the first detector counts 227 of 240 items and names materials poorly (models/conveyor-detector.md); this runs and reports until a retrained one passes';
-
-test('belts of validation photos: the total count within 5 % of the truth', { todo: ISSUE_13_TARGETS }, async () => {
-  const r = await countedBelts();
-  assert.ok(Math.abs(r.total.error) <= 0.05, `total: counted ${r.total.counted} of ${r.total.truth}`);
-});
+const ISSUE_13_TARGETS = 'issue 13: the first detector names materials poorly (labels of counted items about half right, models/conveyor-detector.md); this runs and reports until a better one passes';
 
 test('belts of validation photos: counts per class within 10 % of the truth', { todo: ISSUE_13_TARGETS }, async () => {
   const r = await countedBelts();

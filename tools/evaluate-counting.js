@@ -5,6 +5,8 @@
 // decoding, the tracker as ml-track runs it) and compares the counts per class with the truth.
 // Usage: npx tsc -p . && node tools/evaluate-counting.js --belts /tmp/belts [--model models/conveyor-detector.onnx] [--json out.json]
 // Make belts first: /usr/bin/python3 tools/train/scenes.py sequences --data ../shared/datasets/trashnet --split val --out /tmp/belts
+// --set name=value,... tries other settings than the flow's (scoreThreshold, iouThreshold, minHits,
+// maxMissed, maxDistance, line): tune on belts of training photos, never on the validation ones.
 const fs = require('fs');
 const path = require('path');
 const ort = require('onnxruntime-node');
@@ -45,10 +47,15 @@ function bestMatch(box, truthBoxes) {
  * Counts every belt under `beltsDir` and compares with its truth.json. Returns per-belt and total
  * counts per label, the true ones, and relative errors.
  */
-async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-detector.onnx'), beltsDir, frameMs = 1000 }) {
+async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-detector.onnx'), beltsDir, frameMs = 1000, overrides = {} }) {
   const bytes = fs.readFileSync(modelPath);
   const meta = describeModel(readOnnxMetadataProps(bytes));
   const { detection, tracker: trackerOptions } = flowSettings();
+  for (const [name, value] of Object.entries(overrides)) {
+    if (name in detection) detection[name] = value;
+    else if (name in trackerOptions) trackerOptions[name] = value;
+    else throw new Error(`--set ${name}: not a setting of ml-inference's decoding or of ml-track (${[...Object.keys(detection), ...Object.keys(trackerOptions)].join(', ')})`);
+  }
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
   const belts = fs.readdirSync(beltsDir).filter((d) => fs.existsSync(path.join(beltsDir, d, 'truth.json'))).sort();
   const counted = {};
@@ -133,7 +140,11 @@ if (require.main === module) {
     console.error('usage: node tools/evaluate-counting.js --belts <folder of belt sequences> [--model file.onnx] [--json out.json]');
     process.exit(2);
   }
-  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir) })
+  const overrides = Object.fromEntries(String(option('set', '')).split(',').filter(Boolean).map((pair) => {
+    const [name, value] = pair.split('=');
+    return [name.trim(), Number.isFinite(Number(value)) ? Number(value) : value === 'true' ? true : value === 'false' ? false : value];
+  }));
+  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir), overrides })
     .then((r) => {
       printReport(r);
       const json = option('json', '');
