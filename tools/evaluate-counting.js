@@ -5,6 +5,9 @@
 // decoding, the tracker as ml-track runs it) and compares the counts per class with the truth.
 // Usage: npx tsc -p . && node tools/evaluate-counting.js --belts /tmp/belts [--model models/conveyor-detector.onnx] [--json out.json]
 // Make belts first: /usr/bin/python3 tools/train/scenes.py sequences --data ../shared/datasets/trashnet --split val --out /tmp/belts
+// --classifier crops.onnx names each detection's material with a classifier of belt crops
+// (tools/train/train_crops.py) instead of the detector: each box cut from the frame by the crop rule in
+// the classifier's metadata, all boxes of a frame in one batch.
 // --set name=value,... tries other settings than the flow's (scoreThreshold, iouThreshold, minHits,
 // maxMissed, maxDistance, line): tune on belts of training photos, never on the validation ones.
 const fs = require('fs');
@@ -16,6 +19,49 @@ const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/
 const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { DEFAULT_DETECTION, detect, planDecoding } = require(path.join(root, 'nodes/lib/detection'));
 const { DEFAULT_TRACKER, Tracker } = require(path.join(root, 'nodes/ml-track/tracker'));
+const { pixelsToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
+const { classify } = require(path.join(root, 'nodes/lib/classification'));
+const sharp = require('sharp');
+
+/** A second stage: each detection's label and score from a classifier of its crop (train_crops.py's rule). */
+async function cropClassifier(modelPath) {
+  const bytes = fs.readFileSync(modelPath);
+  const props = readOnnxMetadataProps(bytes);
+  const { labels, preprocess } = describeModel(props);
+  const crop = JSON.parse(props.crop ?? '{"margin": 1.15}');
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
+  return {
+    release: () => session.release(),
+    async relabel(jpeg, detections) {
+      if (!detections.length) return;
+      const { data, info } = await sharp(jpeg).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      const { width: W, height: H } = info;
+      const size = preprocess.width * preprocess.height * 3;
+      const batch = new Float32Array(size * detections.length);
+      for (const [i, d] of detections.entries()) {
+        const cx = d.box.x + d.box.w / 2;
+        const cy = d.box.y + d.box.h / 2;
+        const w = d.box.w * crop.margin;
+        const h = d.box.h * crop.margin;
+        const left = Math.max(0, Math.round(cx - w / 2));
+        const top = Math.max(0, Math.round(cy - h / 2));
+        const right = Math.min(W, Math.round(cx + w / 2));
+        const bottom = Math.min(H, Math.round(cy + h / 2));
+        const pixels = await sharp(data, { raw: { width: W, height: H, channels: 3 } })
+          .extract({ left, top, width: Math.max(1, right - left), height: Math.max(1, bottom - top) })
+          .resize(preprocess.width, preprocess.height, { fit: 'fill' }).raw().toBuffer();
+        batch.set(pixelsToTensor(pixels, preprocess.width, preprocess.height, preprocess).data, i * size);
+      }
+      const out = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', batch, [detections.length, 3, preprocess.height, preprocess.width]) });
+      const logits = out[session.outputNames[0]].data;
+      const k = labels.length;
+      detections.forEach((d, i) => {
+        const { label, score } = classify(logits.subarray(i * k, (i + 1) * k), labels, 1);
+        Object.assign(d, { label, score });
+      });
+    },
+  };
+}
 
 /** The flow's settings (flows/conveyor-counter.json), so the figures are the shipped flow's. */
 function flowSettings() {
@@ -47,7 +93,7 @@ function bestMatch(box, truthBoxes) {
  * Counts every belt under `beltsDir` and compares with its truth.json. Returns per-belt and total
  * counts per label, the true ones, and relative errors.
  */
-async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-detector.onnx'), beltsDir, frameMs = 1000, overrides = {} }) {
+async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-detector.onnx'), beltsDir, frameMs = 1000, overrides = {}, classifierPath }) {
   const bytes = fs.readFileSync(modelPath);
   const meta = describeModel(readOnnxMetadataProps(bytes));
   const { detection, tracker: trackerOptions } = flowSettings();
@@ -57,6 +103,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
     else throw new Error(`--set ${name}: not a setting of ml-inference's decoding or of ml-track (${[...Object.keys(detection), ...Object.keys(trackerOptions)].join(', ')})`);
   }
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
+  const classifier = classifierPath ? await cropClassifier(classifierPath) : undefined;
   const belts = fs.readdirSync(beltsDir).filter((d) => fs.existsSync(path.join(beltsDir, d, 'truth.json'))).sort();
   const counted = {};
   const truth = {};
@@ -74,7 +121,8 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
       const beltCounts = {};
       const files = fs.readdirSync(dir).filter((f) => f.endsWith('.jpg')).sort();
       for (const [i, file] of files.entries()) {
-        const { tensor, geometry, sourceWidth, sourceHeight } = await imageToTensor(fs.readFileSync(path.join(dir, file)), meta.preprocess);
+        const jpeg = fs.readFileSync(path.join(dir, file));
+        const { tensor, geometry, sourceWidth, sourceHeight } = await imageToTensor(jpeg, meta.preprocess);
         const outputs = await session.run({ [session.inputNames[0]]: new ort.Tensor(tensor.type, tensor.data, tensor.dims) });
         const plain = Object.fromEntries(Object.entries(outputs).map(([name, t]) => [name, { data: t.data, dims: t.dims, type: t.type }]));
         const plan = planDecoding(Object.entries(plain).map(([name, t]) => ({ name, dims: t.dims })), detection.layout, meta.detection, meta.labels.length);
@@ -82,6 +130,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
           outputs: plain, plan, inputSize: { width: tensor.dims[3], height: tensor.dims[2] }, geometry, labels: meta.labels, meta: meta.detection,
         }, detection);
         detections += result.detections.length;
+        if (classifier) await classifier.relabel(jpeg, result.detections);
         const at = i * frameMs;
         const update = tracker.update({
           camera: belt, seq: i + 1, capturedAt: new Date(at).toISOString(), at, width: sourceWidth, height: sourceHeight, detections: result.detections,
@@ -103,6 +152,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
     }
   } finally {
     await session.release();
+    await classifier?.release();
   }
   const labels = meta.labels;
   const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
@@ -144,7 +194,7 @@ if (require.main === module) {
     const [name, value] = pair.split('=');
     return [name.trim(), Number.isFinite(Number(value)) ? Number(value) : value === 'true' ? true : value === 'false' ? false : value];
   }));
-  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir), overrides })
+  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir), overrides, classifierPath: option('classifier', '') ? path.resolve(option('classifier')) : undefined })
     .then((r) => {
       printReport(r);
       const json = option('json', '');
