@@ -8,7 +8,7 @@ const { execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
 
-const { ROOT, DATASET, node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, collect } = require('./helpers');
+const { ROOT, DATASET, MODEL, node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, collect, nextMessage } = require('./helpers');
 const { countBelts, printReport } = require('../tools/evaluate-counting');
 
 const SCENES = path.join(ROOT, 'tools', 'train', 'scenes.py');
@@ -116,5 +116,73 @@ test('the counting flow as shipped, two belt cameras: one item message per item 
     await sub.close();
     await helper.unload();
     await broker.close();
+  }
+});
+
+test('a classifier names each box from its crop: its label and score, the detector\'s kept; no msg.image fails the frame saying so', async () => {
+  const ort = require('onnxruntime-node');
+  const { imageToTensor } = require('../nodes/lib/preprocess');
+  const { readOnnxMetadataProps, describeModel } = require('../nodes/lib/onnx-metadata');
+  const belts = path.join(dir, 'named');
+  const index = makeBelts(belts, ['--count', '1', '--items', '6', '--seed', '31']);
+  const folder = path.join(belts, index.sequences[0].folder);
+  const frames = fs.readdirSync(folder).filter((f) => f.endsWith('.jpg')).sort().map((f) => fs.readFileSync(path.join(folder, f)));
+  // The namer here is the waste classifier (any classifier will do); the crop rule without `crop` metadata: margin 1.15.
+  const classifierBytes = fs.readFileSync(MODEL);
+  const classifier = describeModel(readOnnxMetadataProps(classifierBytes));
+  const session = await ort.InferenceSession.create(classifierBytes);
+  const flow = [
+    { id: 'tab', type: 'tab' },
+    { id: 'det', type: 'ml-model', path: path.join(ROOT, 'models', 'conveyor-detector.onnx'), labelSource: 'metadata' },
+    { id: 'cls', type: 'ml-model', path: MODEL, labelSource: 'metadata' },
+    { id: 'pre', type: 'ml-preprocess', z: 'tab', model: 'det', settingsFrom: 'model', wires: [['inf', 'tensor']] },
+    { id: 'inf', type: 'ml-inference', z: 'tab', model: 'det', namer: 'cls', output: 'detection', scoreThreshold: 0.16, acrossClasses: true, wires: [['out']] },
+    { id: 'tensor', type: 'helper', z: 'tab' },
+    { id: 'out', type: 'helper', z: 'tab' },
+    { id: 'catch', type: 'catch', z: 'tab', scope: ['inf'], wires: [['errors']] },
+    { id: 'errors', type: 'helper', z: 'tab' },
+  ];
+  try {
+    await loadFlow(helper, [node('ml-model'), node('ml-preprocess'), node('ml-inference'), coreNode('common/25-catch.js')], flow);
+    let checked = 0;
+    for (const jpeg of frames) {
+      const result = nextMessage(helper.getNode('out'), 20_000);
+      helper.getNode('pre').receive({ payload: jpeg });
+      const msg = await result;
+      for (const d of msg.payload.detections) {
+        assert.ok(LABELS.includes(d.detected.label) && d.detected.score > 0, `the detector's own: ${JSON.stringify(d.detected)}`);
+        // The same crop through the classifier here: box grown 1.15x around its centre, clipped to the frame.
+        const { sourceWidth: W, sourceHeight: H } = msg.preprocess;
+        const cx = d.box.x + d.box.w / 2;
+        const cy = d.box.y + d.box.h / 2;
+        const x0 = Math.max(0, Math.round(cx - d.box.w * 0.575));
+        const y0 = Math.max(0, Math.round(cy - d.box.h * 0.575));
+        const x1 = Math.min(W, Math.round(cx + d.box.w * 0.575));
+        const y1 = Math.min(H, Math.round(cy + d.box.h * 0.575));
+        const { tensor } = await imageToTensor(jpeg, { ...classifier.preprocess, roi: { x: x0 / W, y: y0 / H, width: (x1 - x0) / W, height: (y1 - y0) / H } });
+        const logits = Array.from((await session.run({ input: new ort.Tensor('float32', tensor.data, tensor.dims) })).logits.data);
+        const exp = logits.map((v) => Math.exp(v - Math.max(...logits)));
+        const best = exp.indexOf(Math.max(...exp));
+        assert.equal(d.label, classifier.labels[best]);
+        assert.ok(Math.abs(d.score - exp[best] / exp.reduce((a, b) => a + b)) < 1e-3, `score ${d.score}`);
+        assert.equal(d.index, best);
+        checked++;
+      }
+      assert.equal(msg.annotations.length, msg.payload.detections.length);
+    }
+    assert.ok(checked >= 5, `${checked} boxes named`);
+
+    const tensorMsg = nextMessage(helper.getNode('tensor'), 20_000);
+    helper.getNode('pre').receive({ payload: frames[Math.floor(frames.length / 2)] });
+    const withoutImage = await tensorMsg;
+    await nextMessage(helper.getNode('out'), 20_000); // the copy that went on with its image
+    delete withoutImage.image;
+    const failed = nextMessage(helper.getNode('errors'), 20_000);
+    helper.getNode('inf').receive(withoutImage);
+    const error = await failed;
+    assert.match(error.error.message, /Name boxes with: the boxes are cut from msg\.image .* but msg\.image is not a Buffer/);
+  } finally {
+    await session.release();
+    await helper.unload();
   }
 });

@@ -68,6 +68,8 @@ export interface Detection {
   box: Box;
   /** The item's track id, set by ml-track (shown as "#12 plastic 91%"). */
   track?: number;
+  /** The detector's own label and score, when a classifier of crops named the box (ml-inference's "Name boxes with"). */
+  detected?: { label: string; score: number };
 }
 
 export interface DetectionResult {

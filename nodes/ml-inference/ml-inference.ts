@@ -8,7 +8,8 @@ import { batchOfRows, groupForBatches, hasDynamicBatch, outputsOfRow } from '../
 import { FairQueue, QueuePolicy, RateMeter } from '../lib/frame-queue';
 import { cameraOf, InferenceInfo } from '../lib/messages';
 import { ModelRoom, modelRoomGate } from '../lib/limiter';
-import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
+import { applyNames, cropRuleOf, cropTensors } from '../lib/crop-naming';
+import { CoordinateUnits, DEFAULT_DETECTION, detect, DetectionResult, DetectionSettings, planDecoding, resolveClassFilter, toAnnotations } from '../lib/detection';
 import { checkInputFits, classifyBatch, plainOutputs } from '../lib/model-io';
 import type { BoxFormat, DetectionLayout } from '../lib/onnx-metadata';
 import type { ResizeGeometry } from '../lib/preprocess-spec';
@@ -68,6 +69,8 @@ module.exports = function (RED: NodeAPI) {
     RED.nodes.createNode(this, config);
     const node = this;
     const model = RED.nodes.getNode(String(config.model || '')) as MlModelNode | null;
+    /** Detection: a classifier of crops that names each box (optional). */
+    const namer = config.namer ? RED.nodes.getNode(String(config.namer)) as MlModelNode | null : undefined;
     // Flows from before detection have no setting, or 'classification': they keep classifying.
     const mode: OutputMode = (['raw', 'detection', 'auto'] as const).find((m) => m === config.output) ?? 'classification';
     let detection: DetectionSettings = DEFAULT_DETECTION;
@@ -124,11 +127,44 @@ module.exports = function (RED: NodeAPI) {
       node.error(settingError);
     } else if (!model) {
       showError(node, 'no model selected');
+    } else if (namer === null) {
+      settingError = 'Name boxes with: the selected ml-model node does not exist (deleted or not deployed)';
+      showError(node, settingError);
+      node.error(settingError);
     } else {
       model.events.on('state', onModelState);
       model.events.on('reload-failed', onReloadFailed);
       model.register(node);
+      namer?.register(node);
       onModelState(model.state, model.lastError);
+    }
+
+    /** Names the boxes of one frame with the classifier of crops: one batch (or one run a box without a batch dimension). */
+    async function nameBoxes(job: ReadyJob, rows: DetectionResult[]) {
+      const boxes = rows.flatMap((r) => r.detections);
+      if (!namer || !boxes.length) return;
+      const image = (job.msg as { image?: unknown }).image;
+      if (!Buffer.isBuffer(image)) {
+        throw new Error('Name boxes with: the boxes are cut from msg.image (the frame as ml-preprocess leaves it), but msg.image is not a Buffer');
+      }
+      const pre = (job.msg as { preprocess?: { sourceWidth?: unknown; sourceHeight?: unknown } }).preprocess;
+      const frame = { width: Number(pre?.sourceWidth), height: Number(pre?.sourceHeight) };
+      if (!(frame.width > 0 && frame.height > 0)) throw new Error('Name boxes with: msg.preprocess.sourceWidth and sourceHeight (the frame size, set by ml-preprocess) are missing');
+      const loaded = await namer.ready();
+      if (!loaded.preprocess) throw new Error(`Name boxes with: ${path.basename(loaded.path)} has no "preprocess" metadata, so its crops cannot be prepared`);
+      const tensors = await cropTensors(image, boxes, frame, loaded.preprocess, cropRuleOf(loaded.props));
+      const present = tensors.filter((t): t is TensorValue => t !== null);
+      if (!present.length) return;
+      const input = loaded.inputs[0];
+      const outputName = loaded.outputs[0].name;
+      const runs = hasDynamicBatch(input) ? [present] : present.map((t) => [t]);
+      const names: Array<{ label: string; score: number }> = [];
+      for (const run of runs) {
+        const result = await namer.run({ [input.name]: batchOfRows(run) });
+        names.push(...classifyBatch(result.outputs[outputName], loaded.classLabels, 1, outputName));
+      }
+      let next = 0;
+      applyNames(boxes, tensors.map((t) => (t ? names[next++] : null)), loaded.classLabels);
     }
 
     /** Checks each tensor on its own, so one bad message fails alone. */
@@ -188,13 +224,21 @@ module.exports = function (RED: NodeAPI) {
           outputs, plan, inputSize: inputSizeOf(job.msg, job.tensor.dims), geometry: geometryOf(job.msg), labels: loaded.classLabels, meta: loaded.detection,
         }, detection, allowed);
         lastObjects = rows[rows.length - 1].count;
-        return job.tensor.dims[0] === 1
-          ? { payload: rows[0], annotations: toAnnotations(rows[0].detections) }
-          : { payload: rows, annotations: rows.map((r) => toAnnotations(r.detections)) };
+        return { payload: job.tensor.dims[0] === 1 ? rows[0] : rows, detections: rows };
       });
+      // The second stage fails a frame on its own: the others of the batch still go.
+      const named = await Promise.all(group.map((job, i) => {
+        const rows = payloads[i].detections;
+        return rows ? nameBoxes(job, rows).then(() => true, (err) => { fail(job, err); return false; }) : true;
+      }));
       group.forEach((job, i) => {
-        job.msg.payload = payloads[i].payload;
-        if (payloads[i].annotations) (job.msg as { annotations?: unknown }).annotations = payloads[i].annotations;
+        if (!named[i]) return;
+        const { payload, detections } = payloads[i];
+        job.msg.payload = payload;
+        if (detections) {
+          (job.msg as { annotations?: unknown }).annotations = job.tensor.dims[0] === 1
+            ? toAnnotations(detections[0].detections) : detections.map((r) => toAnnotations(r.detections));
+        }
         job.msg.inference = {
           model: path.basename(loaded.path),
           ms: Math.round(result.ms * 100) / 100,
@@ -271,7 +315,12 @@ module.exports = function (RED: NodeAPI) {
       if (!model || settingError) return done(); // never registered
       model.events.off('state', onModelState);
       model.events.off('reload-failed', onReloadFailed);
-      model.deregister(node, done, removed);
+      if (!namer) return model.deregister(node, done, removed);
+      // Both models let go of this node before the close is done.
+      let left = 2;
+      const one = () => { if (--left === 0) done(); };
+      model.deregister(node, one, removed);
+      namer.deregister(node, one, removed);
     });
   }
 
