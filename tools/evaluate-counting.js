@@ -19,46 +19,30 @@ const { readOnnxMetadataProps, describeModel } = require(path.join(root, 'nodes/
 const { imageToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { DEFAULT_DETECTION, detect, planDecoding } = require(path.join(root, 'nodes/lib/detection'));
 const { DEFAULT_TRACKER, Tracker } = require(path.join(root, 'nodes/ml-track/tracker'));
-const { pixelsToTensor } = require(path.join(root, 'nodes/lib/preprocess'));
 const { classify } = require(path.join(root, 'nodes/lib/classification'));
-const sharp = require('sharp');
+const { applyNames, cropRuleOf, cropTensors } = require(path.join(root, 'nodes/lib/crop-naming'));
 
-/** A second stage: each detection's label and score from a classifier of its crop (train_crops.py's rule). */
+/** A second stage as ml-inference's "Name boxes with" runs it: each detection named from its crop. */
 async function cropClassifier(modelPath) {
   const bytes = fs.readFileSync(modelPath);
   const props = readOnnxMetadataProps(bytes);
   const { labels, preprocess } = describeModel(props);
-  const crop = JSON.parse(props.crop ?? '{"margin": 1.15}');
+  const rule = cropRuleOf(props);
   const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 2, interOpNumThreads: 1 });
   return {
     release: () => session.release(),
-    async relabel(jpeg, detections) {
-      if (!detections.length) return;
-      const { data, info } = await sharp(jpeg).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-      const { width: W, height: H } = info;
-      const size = preprocess.width * preprocess.height * 3;
-      const batch = new Float32Array(size * detections.length);
-      for (const [i, d] of detections.entries()) {
-        const cx = d.box.x + d.box.w / 2;
-        const cy = d.box.y + d.box.h / 2;
-        const w = d.box.w * crop.margin;
-        const h = d.box.h * crop.margin;
-        const left = Math.max(0, Math.round(cx - w / 2));
-        const top = Math.max(0, Math.round(cy - h / 2));
-        const right = Math.min(W, Math.round(cx + w / 2));
-        const bottom = Math.min(H, Math.round(cy + h / 2));
-        const pixels = await sharp(data, { raw: { width: W, height: H, channels: 3 } })
-          .extract({ left, top, width: Math.max(1, right - left), height: Math.max(1, bottom - top) })
-          .resize(preprocess.width, preprocess.height, { fit: 'fill' }).raw().toBuffer();
-        batch.set(pixelsToTensor(pixels, preprocess.width, preprocess.height, preprocess).data, i * size);
-      }
-      const out = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', batch, [detections.length, 3, preprocess.height, preprocess.width]) });
+    async relabel(jpeg, detections, frame) {
+      const tensors = await cropTensors(jpeg, detections, frame, preprocess, rule);
+      const present = tensors.filter(Boolean);
+      if (!present.length) return;
+      const size = present[0].data.length;
+      const batch = new Float32Array(size * present.length);
+      present.forEach((t, i) => batch.set(t.data, i * size));
+      const out = await session.run({ [session.inputNames[0]]: new ort.Tensor('float32', batch, [present.length, ...present[0].dims.slice(1)]) });
       const logits = out[session.outputNames[0]].data;
       const k = labels.length;
-      detections.forEach((d, i) => {
-        const { label, score } = classify(logits.subarray(i * k, (i + 1) * k), labels, 1);
-        Object.assign(d, { label, score });
-      });
+      let next = 0;
+      applyNames(detections, tensors.map((t) => (t ? classify(logits.subarray(next * k, ++next * k), labels, 1) : null)), labels);
     },
   };
 }
@@ -130,7 +114,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
           outputs: plain, plan, inputSize: { width: tensor.dims[3], height: tensor.dims[2] }, geometry, labels: meta.labels, meta: meta.detection,
         }, detection);
         detections += result.detections.length;
-        if (classifier) await classifier.relabel(jpeg, result.detections);
+        if (classifier) await classifier.relabel(jpeg, result.detections, { width: sourceWidth, height: sourceHeight });
         const at = i * frameMs;
         const update = tracker.update({
           camera: belt, seq: i + 1, capturedAt: new Date(at).toISOString(), at, width: sourceWidth, height: sourceHeight, detections: result.detections,
