@@ -52,7 +52,11 @@ function flowSettings() {
   const flow = JSON.parse(fs.readFileSync(path.join(root, 'flows', 'conveyor-counter.json'), 'utf8'));
   const inference = flow.find((n) => n.type === 'ml-inference');
   const track = flow.find((n) => n.type === 'ml-track');
+  // "Name boxes with": the classifier of crops the flow ships (its default, `${VAR:-bundled:file}`).
+  const namer = flow.find((n) => n.id === inference.namer);
+  const bundled = /bundled:([^}]+)\}?$/.exec(String(namer?.path ?? ''));
   return {
+    classifierPath: bundled ? path.join(root, 'models', bundled[1]) : undefined,
     detection: { ...DEFAULT_DETECTION, scoreThreshold: inference.scoreThreshold, iouThreshold: inference.iouThreshold, acrossClasses: inference.acrossClasses === true, maxDetections: inference.maxDetections },
     tracker: { ...DEFAULT_TRACKER, mode: track.mode, direction: track.direction, line: track.line, minHits: track.minHits, maxMissed: track.maxMissed, maxDistance: track.maxDistance },
   };
@@ -80,7 +84,9 @@ function bestMatch(box, truthBoxes) {
 async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-detector.onnx'), beltsDir, frameMs = 1000, overrides = {}, classifierPath }) {
   const bytes = fs.readFileSync(modelPath);
   const meta = describeModel(readOnnxMetadataProps(bytes));
-  const { detection, tracker: trackerOptions } = flowSettings();
+  const { detection, tracker: trackerOptions, classifierPath: flowClassifier } = flowSettings();
+  // The flow's own second stage unless another (or none: '') is asked for.
+  classifierPath = classifierPath ?? flowClassifier;
   for (const [name, value] of Object.entries(overrides)) {
     if (name in detection) detection[name] = value;
     else if (name in trackerOptions) trackerOptions[name] = value;
@@ -144,6 +150,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
   const perClass = Object.fromEntries(labels.map((l) => [l, { truth: truth[l] ?? 0, counted: counted[l] ?? 0, error: relError(counted[l] ?? 0, truth[l] ?? 0) }]));
   return {
     model: path.relative(root, modelPath),
+    classifier: classifierPath ? path.relative(root, classifierPath) : undefined,
     belts: perBelt.length,
     frames,
     detectionsPerFrame: detections / Math.max(1, frames),
@@ -158,7 +165,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
 
 function printReport(r) {
   const pct = (e) => `${e >= 0 ? '+' : ''}${(100 * e).toFixed(1)} %`;
-  console.log(`${r.model}: ${r.belts} belts, ${r.frames} frames, ${r.detectionsPerFrame.toFixed(2)} detections a frame, ${r.msPerFrame.toFixed(1)} ms a frame`);
+  console.log(`${r.model}${r.classifier ? ` named by ${r.classifier}` : ''}: ${r.belts} belts, ${r.frames} frames, ${r.detectionsPerFrame.toFixed(2)} detections a frame, ${r.msPerFrame.toFixed(1)} ms a frame`);
   console.log(`  label of counted items right: ${(100 * r.itemLabelAccuracy).toFixed(1)} %`);
   console.log(`  total      counted ${String(r.total.counted).padStart(4)} of ${String(r.total.truth).padStart(4)}  ${pct(r.total.error)}`);
   for (const [label, c] of Object.entries(r.perClass)) {
@@ -178,7 +185,7 @@ if (require.main === module) {
     const [name, value] = pair.split('=');
     return [name.trim(), Number.isFinite(Number(value)) ? Number(value) : value === 'true' ? true : value === 'false' ? false : value];
   }));
-  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir), overrides, classifierPath: option('classifier', '') ? path.resolve(option('classifier')) : undefined })
+  countBelts({ modelPath: path.resolve(option('model', path.join(root, 'models', 'conveyor-detector.onnx'))), beltsDir: path.resolve(beltsDir), overrides, classifierPath: option('classifier') === undefined ? undefined : option('classifier') && path.resolve(option('classifier')) })
     .then((r) => {
       printReport(r);
       const json = option('json', '');
