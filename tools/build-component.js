@@ -126,9 +126,11 @@ function prune(app, arch = process.arch) {
   for (const dir of fs.existsSync(img) ? fs.readdirSync(img) : []) {
     if (/^sharp-/.test(dir) && !dir.endsWith(`linux-${arch}`)) rm(path.join(img, dir));
   }
-  // The component runs the sorter flow only: the counting flow's detector would add ~8 MB for nothing.
-  const detector = path.join(app, 'node_modules', pkg.name, 'models', 'conveyor-detector.onnx');
-  if (fs.existsSync(detector)) rm(detector);
+  // The component runs the sorter flow only: the counting flow's models would add ~15 MB for nothing.
+  for (const counterModel of ['conveyor-detector.onnx', 'belt-crop-classifier.onnx']) {
+    const file = path.join(app, 'node_modules', pkg.name, 'models', counterModel);
+    if (fs.existsSync(file)) rm(file);
+  }
   // Command-line links (node_modules/.bin): the component starts run.js, no package's CLI.
   for (const bin of [path.join(app, 'node_modules', '.bin')]) if (fs.existsSync(bin)) rm(bin);
   // Type declarations are for compilers, not for Node.

@@ -48,6 +48,9 @@ def parse_args():
     p.add_argument("--widths", default="32,64,128,256")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=20261127)
+    p.add_argument("--init", default="", metavar="CHECKPOINT",
+                   help="start from the weights of a waste classifier run (train.py's runs/last.pt, same --widths): "
+                        "it already knows the materials on white boards, so belt crops take far fewer epochs")
     return p.parse_args()
 
 
@@ -123,6 +126,12 @@ def main():
           flush=True)
 
     model = WasteNet(len(classes), widths=tuple(int(w) for w in args.widths.split(",")))
+    if args.init:
+        checkpoint = torch.load(args.init)
+        if checkpoint["classes"] != classes:
+            raise SystemExit(f"{args.init} was trained on classes {checkpoint['classes']}, these are {classes}")
+        model.load_state_dict(checkpoint["ema"])
+        print(f"starting from {args.init} ({checkpoint['epochs']} epochs on the photos)", flush=True)
     ema = Ema(model, 0.995)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = math.ceil(len(train_x) / args.batch)
@@ -176,7 +185,8 @@ def main():
     save_with_metadata(tmp, args.out, {
         "labels": classes, "preprocess": preprocess, "output": "logits",
         "crop": {"margin": CROP_MARGIN, "resize": "fill"},
-        "description": f"belt-crop material classifier; {acc:.3f} on {len(val_x)} validation crops; {epochs} epochs, {minutes:.0f} min",
+        "description": f"belt-crop material classifier; {acc:.3f} on {len(val_x)} validation crops; {epochs} epochs, {minutes:.0f} min"
+                       + (f", from {os.path.basename(args.init)}" if args.init else ""),
     })
     print(f"wrote {args.out}", flush=True)
 
