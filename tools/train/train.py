@@ -182,6 +182,13 @@ def augment(batch_u8, out_hw, gen):
     return x.clamp(0, 255)
 
 
+def learning_rate(step, warmup, total_steps, base):
+    """Linear warm-up over `warmup` steps, then a cosine down to 0 at `total_steps`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+
 def normalise(x):
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
@@ -346,9 +353,7 @@ def main():
             idx = order[b * args.batch:(b + 1) * args.batch]
             if len(idx) < 8:
                 continue
-            total_steps = epochs * steps_per_epoch
-            lr = args.lr * (step + 1) / warmup if step < warmup else \
-                0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+            lr = learning_rate(step, warmup, epochs * steps_per_epoch, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             x = normalise(augment(train_x[idx], (args.height, args.width), gen)).contiguous(memory_format=memory_format)

@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 import scenes  # noqa: E402
 from export import MEAN, STD, save_with_metadata  # noqa: E402
 from net import WasteNet  # noqa: E402
-from train import Ema, FlipAveraged, augment, normalise  # noqa: E402
+from train import Ema, FlipAveraged, augment, learning_rate, normalise  # noqa: E402
 
 CROP_MARGIN = 1.15
 
@@ -146,8 +146,7 @@ def main():
         total = 0.0
         for b in range(steps):
             idx = order[b * args.batch:(b + 1) * args.batch]
-            lr = args.lr * (step + 1) / warmup if step < warmup else \
-                0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, epochs * steps - warmup)))
+            lr = learning_rate(step, warmup, epochs * steps, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             x = normalise(augment(train_x[idx], (args.size, args.size), gen))
