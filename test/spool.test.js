@@ -252,6 +252,25 @@ test('drainer: a pass that fails (a delivered segment cannot be deleted) is retr
   await reopened.close();
 });
 
+test('drainer: a message that arrives while the window is full waits for room (it froze the process before)', () => {
+  // In a child process: the fault was a microtask loop, which stops this process's timers too.
+  const script = `
+    const { DiskSpool, SpoolDrainer } = require(${JSON.stringify(require.resolve('../nodes/greengrass-connection/spool'))});
+    (async () => {
+      const spool = new DiskSpool(${JSON.stringify(tmpDir('spool-'))}, { maxMessages: 1000, maxBytes: 1e9 });
+      await spool.open();
+      const sent = [];
+      const drainer = new SpoolDrainer(spool, (m) => new Promise((r) => setTimeout(() => { sent.push(m.topic); r(); }, 30)), () => true, {}, { window: 2 });
+      drainer.start();
+      for (const topic of ['t/1', 't/2']) drainer.submit({ topic, payload: 'x', qos: 1, at: 1 });
+      setTimeout(() => drainer.submit({ topic: 't/3', payload: 'x', qos: 1, at: 2 }), 10); // the window is full by then
+      setTimeout(() => { process.stdout.write(JSON.stringify({ sent, left: spool.length })); process.exit(0); }, 1000);
+    })();`;
+  const child = spawnSync(process.execPath, ['-e', script], { timeout: 10_000, encoding: 'utf8' });
+  assert.equal(child.signal, null, 'the drainer must not freeze the process');
+  assert.deepEqual(JSON.parse(child.stdout), { sent: ['t/1', 't/2', 't/3'], left: 0 });
+});
+
 test('drainer: up to a window of messages in flight, sent in order; only unconfirmed ones are sent again after link trouble', async () => {
   const dir = tmpDir('spool-');
   const { spool } = await openSpool(dir);

@@ -907,7 +907,9 @@ export class SpoolDrainer {
           if (!next.length && !inFlight.size) return undefined;
           if (!inFlight.size) continue; // all of them were confirmed before: look further
         }
-        if (this.again) continue; // something new arrived meanwhile and there is room
+        // Something new arrived meanwhile and there is room for it. (With the window full this must wait:
+        // looping here would spin on microtasks and starve the very sends it waits for.)
+        if (this.again && inFlight.size < window) continue;
         await Promise.race([...inFlight, new Promise<void>((resolve) => { this.wake = resolve; })]);
         this.wake = undefined;
         if (confirmedAny) this.backoff.reset();
