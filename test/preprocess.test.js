@@ -4,7 +4,7 @@ const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
 const sharp = require('sharp');
-const { pixelsToTensor, imageToTensor } = require('../nodes/lib/preprocess');
+const { pixelsToTensor, imageToTensor, regionTensors } = require('../nodes/lib/preprocess');
 const { validatePreprocessSpec, validateRoi, tensorDims } = require('../nodes/lib/preprocess-spec');
 const { DATASET } = require('./helpers');
 
@@ -92,6 +92,38 @@ test('grey and alpha images still give three channels', async () => {
   const s = validatePreprocessSpec({ width: 4, height: 4, std: [1, 1, 1] });
   assert.deepEqual((await imageToTensor(grey, s)).tensor.dims, [1, 3, 4, 4]);
   assert.deepEqual((await imageToTensor(rgba, s)).tensor.dims, [1, 3, 4, 4]);
+});
+
+test('regionTensors decodes once and gives what imageToTensor gives for each region', async () => {
+  const photo = fs.readFileSync(path.join(DATASET, 'glass', fs.readdirSync(path.join(DATASET, 'glass'))[0]));
+  // The same photo stored sideways with EXIF orientation 6, and a grey PNG: regions are of the oriented image.
+  const sideways = await sharp(photo).rotate(-90).withMetadata({ orientation: 6 }).jpeg({ quality: 95 }).toBuffer();
+  const grey = await sharp(photo).greyscale().png().toBuffer();
+  const regions = [
+    { x: 0, y: 0, width: 1, height: 1 },
+    { x: 0.1, y: 0.2, width: 0.3, height: 0.25 },
+    { x: 0.55, y: 0.6, width: 0.45, height: 0.4 },
+  ];
+  for (const [name, image] of [['jpeg', photo], ['exif-rotated', sideways], ['grey png', grey]]) {
+    for (const over of [{ resize: 'fill' }, { resize: 'contain' }, { resize: 'cover', layout: 'NHWC', channels: 'BGR' }]) {
+      const s = validatePreprocessSpec({ width: 48, height: 40, mean: [124, 116, 104], std: [58, 57, 57], ...over });
+      const once = await regionTensors(image, regions, s);
+      assert.equal(once.length, regions.length);
+      for (const [i, roi] of regions.entries()) {
+        const { tensor } = await imageToTensor(image, { ...s, roi });
+        assert.deepEqual(once[i].dims, tensor.dims);
+        let worst = 0;
+        for (let k = 0; k < tensor.data.length; k++) worst = Math.max(worst, Math.abs(once[i].data[k] - tensor.data[k]));
+        // Within one grey level (1/57 after normalising): libvips may round a resample differently.
+        // Identical, but for a JPEG's whole frame: with nothing to cut, imageToTensor lets libjpeg
+        // decode at a reduced scale (sharp's shrink-on-load), a few grey levels off a full decode.
+        const wholeJpeg = i === 0 && name !== 'grey png' && over.resize !== 'cover';
+        assert.ok(worst <= (wholeJpeg ? 8.01 / 57 : 0), `${name}, ${over.resize}, region ${i}: differs by ${(worst * 57).toFixed(2)} grey levels`);
+      }
+    }
+  }
+  assert.deepEqual(await regionTensors(photo, [], validatePreprocessSpec({ width: 4, height: 4 })), []);
+  await assert.rejects(regionTensors(Buffer.from('not an image'), regions, validatePreprocessSpec({ width: 4, height: 4 })), /not a decodable image/);
 });
 
 test('bad payloads give errors that say what was expected', async () => {

@@ -5,7 +5,7 @@
  * classifier was trained with (tools/train/train_crops.py), read from its `crop` metadata.
  */
 import type { Detection } from './detection';
-import { imageToTensor } from './preprocess';
+import { regionTensors } from './preprocess';
 import type { PreprocessSpec, RegionOfInterest } from './preprocess-spec';
 import type { TensorValue } from './tensor';
 
@@ -45,15 +45,15 @@ export function cropRegion(box: Detection['box'], frame: { width: number; height
 
 /**
  * The classifier's input for each box (pre-processed as its metadata says), in the order of
- * `detections`; null for a box with nothing left inside the frame.
+ * `detections`; null for a box with nothing left inside the frame. The frame is decoded once for all boxes.
  */
 export async function cropTensors(
   image: Buffer, detections: Detection[], frame: { width: number; height: number }, spec: PreprocessSpec, rule: CropRule,
 ): Promise<Array<TensorValue | null>> {
-  return Promise.all(detections.map(async (d) => {
-    const roi = cropRegion(d.box, frame, rule);
-    return roi ? (await imageToTensor(image, { ...spec, roi })).tensor : null;
-  }));
+  const regions = detections.map((d) => cropRegion(d.box, frame, rule));
+  const tensors = await regionTensors(image, regions.filter((r): r is RegionOfInterest => r !== undefined), spec);
+  let next = 0;
+  return regions.map((r) => (r ? tensors[next++] : null));
 }
 
 /** Gives each box the classifier's label and score, keeping the detector's in `detected`. */

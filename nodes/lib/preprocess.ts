@@ -3,7 +3,7 @@ import * as os from 'os';
 import sharp from 'sharp';
 import { readJpegHeader } from './jpeg-header';
 import { Limiter, modelRoomGate } from './limiter';
-import { PreprocessSpec, ResizeGeometry, resizeGeometry, tensorDims } from './preprocess-spec';
+import { PreprocessSpec, RegionOfInterest, ResizeGeometry, resizeGeometry, tensorDims } from './preprocess-spec';
 import { markFinite, TensorValue } from './tensor';
 
 // Frames are decoded on libvips threads; one is plenty per frame and leaves cores for inference.
@@ -66,24 +66,61 @@ export function imageToTensor(image: Buffer, spec: PreprocessSpec, camera?: stri
 
 async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {
   const started = performance.now();
+  const { pipeline, sourceWidth, sourceHeight } = await openImage(image);
+  const { tensor, geometry } = await pipelineToTensor(pipeline, sourceWidth, sourceHeight, spec);
+  return { tensor, sourceWidth, sourceHeight, geometry, ms: performance.now() - started };
+}
+
+/**
+ * One tensor per region of one image, decoding the image once: a frame with six boxes to name is
+ * decoded once rather than six times. Regions are ROIs as in PreprocessSpec.roi; the tensors are
+ * those imageToTensor would give for `{...spec, roi}`.
+ */
+export function regionTensors(image: Buffer, regions: RegionOfInterest[], spec: PreprocessSpec): Promise<TensorValue[]> {
+  return decodeSlots.run(async () => {
+    if (!regions.length) return [];
+    const { pipeline, sourceWidth, sourceHeight } = await openImage(image);
+    let decoded: { data: Buffer; info: sharp.OutputInfo };
+    try {
+      decoded = await pipeline.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    } catch (err) {
+      throw undecodable(err);
+    }
+    const raw = { width: decoded.info.width, height: decoded.info.height, channels: decoded.info.channels };
+    const tensors: TensorValue[] = [];
+    // One region at a time: the decode slot is held for this frame, and libvips runs one thread per image anyway.
+    for (const roi of regions) {
+      const region = sharp(decoded.data, { raw });
+      tensors.push((await pipelineToTensor(region, sourceWidth, sourceHeight, { ...spec, roi })).tensor);
+    }
+    return tensors;
+  });
+}
+
+/** A decoding pipeline for image bytes, oriented as their EXIF says, and the oriented size. */
+async function openImage(image: Buffer): Promise<{ pipeline: sharp.Sharp; sourceWidth: number; sourceHeight: number }> {
   if (!Buffer.isBuffer(image) || image.length === 0) {
     throw new Error(`msg.payload must be an image Buffer (JPEG, PNG, WebP...), got ${describeValue(image)}`);
   }
-  let pipeline: sharp.Sharp;
-  let sourceWidth: number;
-  let sourceHeight: number;
   try {
     // failOn 'warning' rejects truncated or corrupt JPEGs instead of feeding grey pixels to the model.
-    pipeline = sharp(image, { failOn: 'warning', limitInputPixels: 100_000_000 }).rotate();
+    const pipeline = sharp(image, { failOn: 'warning', limitInputPixels: 100_000_000 }).rotate();
     // Read from the JPEG header when it can be (no trip through libvips), else by sharp.
     const meta = readJpegHeader(image) ?? (await sharp(image).metadata());
     const swap = (meta.orientation ?? 1) >= 5; // EXIF orientations 5-8 swap width and height
-    sourceWidth = (swap ? meta.height : meta.width) ?? 0;
-    sourceHeight = (swap ? meta.width : meta.height) ?? 0;
+    const sourceWidth = (swap ? meta.height : meta.width) ?? 0;
+    const sourceHeight = (swap ? meta.width : meta.height) ?? 0;
     if (!sourceWidth || !sourceHeight) throw new Error('image has no size');
+    return { pipeline, sourceWidth, sourceHeight };
   } catch (err) {
     throw undecodable(err);
   }
+}
+
+/** Crops, resizes, pads and normalises what `pipeline` yields (an image of sourceWidth x sourceHeight) as `spec` says. */
+async function pipelineToTensor(
+  pipeline: sharp.Sharp, sourceWidth: number, sourceHeight: number, spec: PreprocessSpec,
+): Promise<{ tensor: TensorValue; geometry: ResizeGeometry }> {
   // The crop, scale and bars are worked out here rather than by sharp's fit modes, so that
   // msg.preprocess can say exactly where each model pixel came from.
   const geometry = resizeGeometry(sourceWidth, sourceHeight, spec);
@@ -118,8 +155,7 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
     for (let i = 0; i < plane; i++) rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = pixels[i * info.channels];
     pixels = rgb;
   }
-  const tensor = pixelsToTensor(pixels, info.width, info.height, spec);
-  return { tensor, sourceWidth, sourceHeight, geometry, ms: performance.now() - started };
+  return { tensor: pixelsToTensor(pixels, info.width, info.height, spec), geometry };
 }
 
 function undecodable(err: unknown): Error {
