@@ -74,3 +74,11 @@ test(`top-1 accuracy on the validation photos is at least ${MIN_ACCURACY * 100} 
     Object.entries(perClass).map(([c, v]) => `${c} ${v.right}/${v.total}`).join(', '));
   assert.ok(accuracy >= MIN_ACCURACY, `accuracy ${(accuracy * 100).toFixed(1)} %`);
 });
+
+test('the model card states what the shipped model scores through the pipeline (node tools/model-card.js regenerates it)', async () => {
+  const { evaluateClassifier } = require('../tools/evaluate');
+  const { validationPart, statedPart } = require('../tools/model-card');
+  const card = fs.readFileSync(require('path').join(__dirname, '..', 'models', 'README.md'), 'utf8');
+  const measured = validationPart(await evaluateClassifier(MODEL));
+  assert.equal(statedPart(card, 'validation'), measured);
+});

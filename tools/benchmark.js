@@ -17,7 +17,8 @@ const modelPath = option('model', path.join(root, 'models', 'waste-classifier.on
 const runs = Number(option('runs', 300));
 const dataset = option('data', defaultDataset);
 
-const summary = (values) => `mean ${(values.reduce((a, b) => a + b, 0) / values.length).toFixed(2)} ms, p50 ${percentile(values, 50).toFixed(2)} ms, p95 ${percentile(values, 95).toFixed(2)} ms, max ${Math.max(...values).toFixed(2)} ms`;
+const summary = (s) => `mean ${s.mean.toFixed(2)} ms, p50 ${s.p50.toFixed(2)} ms, p95 ${s.p95.toFixed(2)} ms, max ${s.max.toFixed(2)} ms`;
+const stats = (values) => ({ n: values.length, mean: values.reduce((a, b) => a + b, 0) / values.length, p50: percentile(values, 50), p95: percentile(values, 95), max: Math.max(...values) });
 
 function samplePhotos(n) {
   const photos = [];
@@ -30,26 +31,25 @@ function samplePhotos(n) {
   return photos.slice(0, n);
 }
 
-async function main() {
-  const bytes = fs.readFileSync(modelPath);
-  const { preprocess, labels } = describeModel(readOnnxMetadataProps(bytes));
-  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, Node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}`);
-  console.log(`model: ${path.relative(root, modelPath)}, ${(bytes.length / 1e6).toFixed(2)} MB (${(bytes.length / 1048576).toFixed(2)} MiB), input ${preprocess.width}x${preprocess.height} ${preprocess.layout}, ${labels.length} classes`);
-
-  const photos = samplePhotos(60);
-  const images = photos.map((f) => fs.readFileSync(f));
+/** Tensors of sample photos pre-processed as `preprocess` says, and the pre-processing times (after 5 warm-up photos). */
+async function preprocessSample(preprocess, n) {
   const tensors = [];
-  const preTimes = [];
-  for (const image of images) {
-    const r = await imageToTensor(image, preprocess);
-    preTimes.push(r.ms);
+  const times = [];
+  let source = '';
+  for (const file of samplePhotos(n)) {
+    const r = await imageToTensor(fs.readFileSync(file), preprocess);
+    times.push(r.ms);
     tensors.push(r.tensor);
+    source = `${r.sourceWidth} x ${r.sourceHeight}`;
   }
   if (!tensors.length) tensors.push({ type: 'float32', dims: [1, 3, preprocess.height, preprocess.width], data: new Float32Array(3 * preprocess.height * preprocess.width) });
-  if (preTimes.length) console.log(`sharp pre-processing of ${images.length} 384x512 JPEG photos: ${summary(preTimes.slice(5))}`);
+  return { tensors, times: { ...stats(times.slice(5)), source } };
+}
 
-  for (const threads of [1, 2]) {
-    const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: threads, graphOptimizationLevel: 'all' });
+/** Single-image inference latency (ms) with `threads` intra-op threads, after 20 warm-up runs. */
+async function inferenceLatency(bytes, tensors, threads, runs) {
+  const session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+  try {
     const feed = (t) => ({ [session.inputNames[0]]: new ort.Tensor(t.type, t.data, t.dims) });
     for (let i = 0; i < 20; i++) await session.run(feed(tensors[i % tensors.length]));
     const times = [];
@@ -58,8 +58,23 @@ async function main() {
       await session.run(feed(tensors[i % tensors.length]));
       times.push(Number(process.hrtime.bigint() - t0) / 1e6);
     }
-    console.log(`inference, batch 1, ${threads} thread(s), ${runs} runs: ${summary(times)}`);
+    return stats(times);
+  } finally {
     await session.release();
+  }
+}
+
+async function main() {
+  const bytes = fs.readFileSync(modelPath);
+  const { preprocess, labels } = describeModel(readOnnxMetadataProps(bytes));
+  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, Node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}`);
+  console.log(`model: ${path.relative(root, modelPath)}, ${(bytes.length / 1e6).toFixed(2)} MB (${(bytes.length / 1048576).toFixed(2)} MiB), input ${preprocess.width}x${preprocess.height} ${preprocess.layout}, ${labels.length} classes`);
+
+  const pre = await preprocessSample(preprocess, 60);
+  const { tensors } = pre;
+  if (pre.times.n) console.log(`sharp pre-processing of ${pre.times.n} ${pre.times.source} JPEG photos: ${summary(pre.times)}`);
+  for (const threads of [1, 2]) {
+    console.log(`inference, batch 1, ${threads} thread(s), ${runs} runs: ${summary(await inferenceLatency(bytes, tensors, threads, runs))}`);
   }
 
   // The path the nodes take: worker process, the tensor sent over IPC, classification afterwards.
@@ -79,16 +94,20 @@ async function main() {
   }
   const seconds = (Date.now() - t0) / 1000;
   const rss = process.memoryUsage().rss;
-  console.log(`worker pipeline (ml-model): ${(frames / seconds).toFixed(0)} inferences/s for ${seconds.toFixed(0)} s, round trip ${summary(roundTrips)}`);
+  console.log(`worker pipeline (ml-model): ${(frames / seconds).toFixed(0)} inferences/s for ${seconds.toFixed(0)} s, round trip ${summary(stats(roundTrips))}`);
   console.log(`memory: process RSS ${(rss / 1048576).toFixed(0)} MiB with the model loaded in its worker (+${((rss - rssBefore) / 1048576).toFixed(0)} MiB for the worker and session)`);
   await runner.close();
 }
 
-if (flag('cameras')) {
-  require('./benchmark-flow'); // the flow-level benchmark: npm run benchmark -- --cameras 1,10,50,100
-} else {
-  main().catch((err) => {
-    console.error(err);
-    process.exit(1);
-  });
+module.exports = { inferenceLatency, preprocessSample };
+
+if (require.main === module) {
+  if (flag('cameras')) {
+    require('./benchmark-flow'); // the flow-level benchmark: npm run benchmark -- --cameras 1,10,50,100
+  } else {
+    main().catch((err) => {
+      console.error(err);
+      process.exit(1);
+    });
+  }
 }

@@ -4,6 +4,7 @@
 // same path test/model-accuracy.test.js measures. Prints accuracy, per-class precision/recall and
 // the confusion matrix; --json writes them (and, with --logits, every photo's logits) to a file.
 // Usage: npx tsc -p . && node tools/evaluate.js [--model models/waste-classifier.onnx] [--json out.json] [--logits]
+// tools/model-card.js uses evaluateClassifier() for the model card's figures.
 const fs = require('fs');
 const path = require('path');
 const ort = require('onnxruntime-node');
@@ -19,7 +20,8 @@ const splitFile = path.resolve(option('split', path.join(root, 'tools', 'train',
 const jsonOut = option('json', '');
 const keepLogits = flag('logits');
 
-async function main() {
+/** Accuracy, per-class precision/recall and the confusion matrix of a classifier on one split. */
+async function evaluateClassifier(modelPath, { dataset = defaultDataset, splitFile = path.join(root, 'tools', 'train', 'split', 'val.txt'), keepLogits = false } = {}) {
   const bytes = fs.readFileSync(modelPath);
   const { labels, preprocess } = describeModel(readOnnxMetadataProps(bytes));
   const photos = fs.readFileSync(splitFile, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))
@@ -47,7 +49,7 @@ async function main() {
     const support = matrix[i].reduce((a, b) => a + b, 0);
     return [c, { precision: round(matrix[i][i] / Math.max(predictedAs, 1)), recall: round(matrix[i][i] / Math.max(support, 1)), support }];
   }));
-  const result = {
+  return {
     model: path.relative(root, modelPath),
     bytes: bytes.length,
     photos: photos.length,
@@ -55,15 +57,27 @@ async function main() {
     accuracy: round(right / photos.length),
     per_class: perClass,
     confusion_matrix: { rows_true_cols_predicted: labels, matrix },
+    ...(keepLogits ? { logits } : {}),
   };
-  console.log(`${result.model}: ${(100 * right / photos.length).toFixed(1)} % (${right}/${photos.length}), ${(bytes.length / 1e6).toFixed(2)} MB`);
+}
+
+async function main() {
+  const result = await evaluateClassifier(modelPath, { dataset, splitFile, keepLogits });
+  const labels = result.confusion_matrix.rows_true_cols_predicted;
+  const { matrix } = result.confusion_matrix;
+  const perClass = result.per_class;
+  console.log(`${result.model}: ${(100 * result.accuracy).toFixed(1)} % (${result.correct}/${result.photos}), ${(result.bytes / 1e6).toFixed(2)} MB`);
   for (const [c, v] of Object.entries(perClass)) console.log(`  ${c.padEnd(10)} precision ${v.precision.toFixed(2)} recall ${v.recall.toFixed(2)} (${v.support})`);
   console.log(`  confusion (rows true, columns predicted, ${labels.join(' ')}):`);
   for (const [i, row] of matrix.entries()) console.log(`  ${labels[i].padEnd(10)} ${row.map((n) => String(n).padStart(4)).join('')}`);
-  if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(keepLogits ? { ...result, logits } : result, null, 2) + '\n');
+  if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(result, null, 2) + '\n');
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+module.exports = { evaluateClassifier };
+
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
