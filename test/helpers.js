@@ -9,6 +9,13 @@ const ROOT = path.resolve(__dirname, '..');
 const DATASET = path.resolve(ROOT, '..', 'shared', 'datasets', 'trashnet');
 const MODEL = path.join(ROOT, 'models', 'waste-classifier.onnx');
 const SPLIT_DIR = path.join(ROOT, 'tools', 'train', 'split');
+/** One input row of the shipped classifier, [channels, height, width] as its metadata says, and its length. */
+const MODEL_ROW = (() => {
+  const { readOnnxMetadataProps } = require(path.join(ROOT, 'nodes', 'lib', 'onnx-metadata'));
+  const { width, height } = JSON.parse(readOnnxMetadataProps(fs.readFileSync(MODEL)).preprocess);
+  return [3, height, width];
+})();
+const MODEL_ROW_SIZE = MODEL_ROW.reduce((a, b) => a * b, 1);
 
 const node = (name) => require(path.join(ROOT, 'nodes', name, `${name}.js`));
 const coreNode = (file) => require(path.join(ROOT, 'node_modules', '@node-red', 'nodes', 'core', file));
@@ -281,7 +288,7 @@ function sorterFlowNodes() {
 }
 
 module.exports = {
-  ROOT, DATASET, MODEL, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
+  ROOT, DATASET, MODEL, MODEL_ROW, MODEL_ROW_SIZE, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
   startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until, killOnExit,
   nodeRedUserDir, startNodeRed, deployFlows, mjpegCamera, closeFirstRunPrompts, sorterFlowNodes,
 };

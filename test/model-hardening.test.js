@@ -6,7 +6,7 @@ const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
 const { liveWorkerCount } = require('../nodes/lib/model-runner');
-const { MODEL, node, coreNode, redHelper, loadFlow, tmpDir, nextMessage, sleep, until } = require('./helpers');
+const { MODEL, MODEL_ROW, MODEL_ROW_SIZE, node, coreNode, redHelper, loadFlow, tmpDir, nextMessage, sleep, until } = require('./helpers');
 
 const FIXTURES = path.join(__dirname, 'fixtures', 'models');
 const fixture = (name) => path.join(FIXTURES, name);
@@ -215,18 +215,18 @@ test('50 redeploys while the model is loading leave no inference worker and no m
 
   // And the model still works after all that.
   await load(flow);
-  assert.ok((await infer({ type: 'float32', dims: [1, 3, 160, 120], data: new Float32Array(3 * 160 * 120) })).payload.label);
+  assert.ok((await infer({ type: 'float32', dims: [1, ...MODEL_ROW], data: new Float32Array(MODEL_ROW_SIZE) })).payload.label);
 });
 
 test('non-finite values are refused: NaN or Infinity in the input tensor, in the model output, in a route score', async () => {
   await load(inferenceFlow({ modelPath: MODEL }));
-  const input = new Float32Array(3 * 160 * 120);
+  const input = new Float32Array(MODEL_ROW_SIZE);
   input[12] = NaN;
-  await assert.rejects(infer({ type: 'float32', dims: [1, 3, 160, 120], data: input }),
+  await assert.rejects(infer({ type: 'float32', dims: [1, ...MODEL_ROW], data: input }),
     /Expected finite tensor values but received NaN at index 12 of msg.payload.data$/);
   input[12] = 0;
   input[7] = -Infinity;
-  await assert.rejects(infer({ type: 'float32', dims: [1, 3, 160, 120], data: input }), /received -Infinity at index 7 of msg.payload.data/);
+  await assert.rejects(infer({ type: 'float32', dims: [1, ...MODEL_ROW], data: input }), /received -Infinity at index 7 of msg.payload.data/);
   await assert.rejects(infer({ type: 'float32', dims: [1, 3], data: [1, 1e39, 1] }), /received Infinity at index 1 of msg.payload.data/);
   await helper.unload();
 

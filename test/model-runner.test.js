@@ -8,7 +8,7 @@ const { ModelRunner, liveWorkerCount, RunnerClosedError } = require('../nodes/li
 const { ModelService } = require('../nodes/ml-model/model-service');
 const { checkReplacementInput, classifyBatch } = require('../nodes/lib/model-io');
 const { checkFinite, firstNonFinite, toTensorValue } = require('../nodes/lib/tensor');
-const { MODEL, tmpDir, sleep, until } = require('./helpers');
+const { MODEL, MODEL_ROW, MODEL_ROW_SIZE, tmpDir, sleep, until } = require('./helpers');
 
 const fixture = (name) => path.join(__dirname, 'fixtures', 'models', name);
 const session = { executionProviders: ['cpu'], intraOpNumThreads: 1, interOpNumThreads: 0 };
@@ -75,7 +75,7 @@ test('a 1 ms run timeout against the real waste classifier fails every run and k
   runner.on('worker-replaced', (reason) => replaced.push(reason));
   try {
     await runner.load();
-    const input = { type: 'float32', dims: [1, 3, 160, 120], data: new Float32Array(3 * 160 * 120) };
+    const input = { type: 'float32', dims: [1, ...MODEL_ROW], data: new Float32Array(MODEL_ROW_SIZE) };
     for (let i = 0; i < 3; i++) {
       await assert.rejects(runner.run({ input }), /did not finish within the run timeout \(ml-model setting "Run timeout": 1 ms\)/);
     }
@@ -153,16 +153,16 @@ test('plain-array tensor data is checked value by value instead of silently conv
 
 test('a batch given as rows runs as one tensor of those rows, on the data pipe and inside the IPC message alike', async () => {
   const { wireFeeds } = require('../nodes/lib/model-runner');
-  const rows = [0, 1, 2].map((k) => Float32Array.from({ length: 3 * 160 * 120 }, (_, i) => Math.sin(i * (k + 1)) * 2));
+  const rows = [0, 1, 2].map((k) => Float32Array.from({ length: MODEL_ROW_SIZE }, (_, i) => Math.sin(i * (k + 1)) * 2));
   // A row that is a view into a larger buffer sends its own bytes only.
   const padded = new Float32Array(rows[1].length + 10);
   padded.set(rows[1], 5);
-  const batch = { type: 'float32', dims: [3, 3, 160, 120], rows: [rows[0], padded.subarray(5, 5 + rows[1].length), rows[2]] };
+  const batch = { type: 'float32', dims: [3, ...MODEL_ROW], rows: [rows[0], padded.subarray(5, 5 + rows[1].length), rows[2]] };
   const runner = new ModelRunner(MODEL, { session });
   try {
     await runner.load();
     const alone = [];
-    for (const data of rows) alone.push((await runner.run({ input: { type: 'float32', dims: [1, 3, 160, 120], data } })).outputs);
+    for (const data of rows) alone.push((await runner.run({ input: { type: 'float32', dims: [1, ...MODEL_ROW], data } })).outputs);
     const together = (await runner.run({ input: batch })).outputs;
     const name = Object.keys(together)[0];
     assert.deepEqual(together[name].dims, [3, alone[0][name].dims[1]]);
@@ -180,6 +180,6 @@ test('a batch given as rows runs as one tensor of those rows, on the data pipe a
   assert.deepEqual(Array.from(wire.input.data.subarray(rows[0].length, rows[0].length + 4)), Array.from(rows[1].subarray(0, 4)));
   assert.equal(wire.input.data.length, 3 * rows[0].length);
   const piping = wireFeeds({ input: batch }, true);
-  assert.deepEqual(piping.wire.input, { type: 'float32', dims: [3, 3, 160, 120], piped: 3 * rows[0].byteLength });
+  assert.deepEqual(piping.wire.input, { type: 'float32', dims: [3, ...MODEL_ROW], piped: 3 * rows[0].byteLength });
   assert.equal(piping.piped[0].length, 3);
 });
