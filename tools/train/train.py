@@ -36,9 +36,9 @@ def parse_args():
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--split-dir", default=os.path.join(here, "split"), help="where train.txt/val.txt live")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--width", type=int, default=120)
-    p.add_argument("--height", type=int, default=160)
-    p.add_argument("--epochs", type=int, default=160)
+    p.add_argument("--width", type=int, default=168)
+    p.add_argument("--height", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=250)
     p.add_argument("--budget-min", type=float, default=0,
                    help="if >0, cut the epoch count (after every epoch, from the epochs' measured times) "
                         "so training fits this many minutes")
@@ -48,7 +48,7 @@ def parse_args():
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--channels-last", action="store_true",
                    help="train in channels-last memory layout (same network, about 1.5x faster on CPUs with oneDNN)")
-    p.add_argument("--seed", type=int, default=20261126)
+    p.add_argument("--seed", type=int, default=20261127)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--cache-dir", default=os.path.join(here, "cache"))
     p.add_argument("--metrics", default="", help="JSON file for validation metrics (default: next to --out)")
@@ -57,6 +57,12 @@ def parse_args():
     p.add_argument("--resume", default="", metavar="STATE",
                    help="the training state file: written after every epoch, and read at start when it "
                         "exists, so a run stopped (a reboot, the end of a working session) goes on where it was")
+    p.add_argument("--swa-from", default="", metavar="CHECKPOINT",
+                   help="instead of training from scratch, continue a finished run (runs/last.pt of the same --width, --height, "
+                        "--widths) with stochastic weight averaging: --swa-epochs at the constant --swa-lr, the weights averaged "
+                        "at the end of every epoch, then the batch-norm statistics recomputed for the average")
+    p.add_argument("--swa-epochs", type=int, default=15)
+    p.add_argument("--swa-lr", type=float, default=0.01)
     p.add_argument("--export-only", default="", metavar="CHECKPOINT",
                    help="skip training: evaluate and export the weights saved in CHECKPOINT (runs/last.pt)")
     return p.parse_args()
@@ -277,6 +283,74 @@ def export_onnx(model, path, classes, args, extra):
     save_with_metadata(tmp, path, {"labels": classes, "preprocess": preprocess, "output": "logits", **extra})
 
 
+def swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen):
+    """Stochastic weight averaging (Izmailov et al., 2018) after a finished cosine run: training goes on
+    at a constant learning rate, the weights at the end of each epoch are averaged, and the batch-norm
+    statistics are recomputed for the averaged weights (they are not an average of the members')."""
+    checkpoint = torch.load(args.swa_from)
+    if checkpoint["classes"] != classes:
+        raise SystemExit(f"{args.swa_from} was trained on classes {checkpoint['classes']}, these are {classes}")
+    model.load_state_dict(checkpoint["model"])
+    model = model.to(memory_format=memory_format)
+    opt = torch.optim.SGD(model.parameters(), lr=args.swa_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(train_y) / args.batch)
+    average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    averaged = 0
+    history = list(checkpoint.get("history", []))
+    t_train = time.time()
+
+    def batches(train):
+        order = torch.randperm(len(train_y), generator=gen)
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            if len(idx) < 8:
+                continue
+            x = normalise(augment(train_x[idx], (args.height, args.width), gen)).contiguous(memory_format=memory_format)
+            y = F.one_hot(train_y[idx], len(classes)).float() * 0.9 + 0.1 / len(classes)
+            if train and torch.rand(1, generator=gen).item() < 0.5:
+                x, y = cutmix(x, y, gen)
+            yield x, y
+
+    for epoch in range(1, args.swa_epochs + 1):
+        model.train()
+        t_epoch = time.time()
+        total = 0.0
+        for x, y in batches(True):
+            loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        averaged += 1
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.dtype.is_floating_point:
+                    average[k].add_(v.detach() - average[k], alpha=1 / averaged)
+        print(f"swa epoch {epoch}/{args.swa_epochs} loss {total / steps_per_epoch:.3f} lr {args.swa_lr} {time.time() - t_epoch:.0f}s", flush=True)
+
+    last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(average)
+    # Batch-norm statistics for the averaged weights: a cumulative average over one pass of augmented training photos.
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x, _ in batches(False):
+            model(x)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1
+    ema = Ema(model, 0.998)  # finish() exports ema.shadow: here the SWA weights
+    model.load_state_dict(last)
+    minutes = (time.time() - t_train) / 60
+    total_minutes = checkpoint.get("train_minutes", 0) + minutes
+    history.append({"swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr, "swa_minutes": round(minutes, 1)})
+    print(f"SWA: {args.swa_epochs} epochs in {minutes:.0f} min after {checkpoint['epochs']} epochs ({checkpoint.get('train_minutes', 0):.0f} min)", flush=True)
+    finish(args, classes, model, ema, val_x, val_y, len(train_y), checkpoint["epochs"] + args.swa_epochs, history, total_minutes)
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -307,6 +381,9 @@ def main():
                checkpoint.get("train_minutes", 0))
         return
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.swa_from:
+        swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen)
+        return
     model = model.to(memory_format=memory_format)
     ema = Ema(model, 0.998)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
