@@ -79,6 +79,11 @@ test('the model card states what the shipped model scores through the pipeline (
   const { evaluateClassifier } = require('../tools/evaluate');
   const { validationPart, statedPart } = require('../tools/model-card');
   const card = fs.readFileSync(require('path').join(__dirname, '..', 'models', 'README.md'), 'utf8');
-  const measured = validationPart(await evaluateClassifier(MODEL));
-  assert.equal(statedPart(card, 'validation'), measured);
+  const measured = await evaluateClassifier(MODEL);
+  const stated = statedPart(card, 'validation');
+  const [, right, total] = /\*\*[\d.]+ % \((\d+)\/(\d+)\)\*\*/.exec(stated ?? '') ?? [];
+  assert.equal(Number(total), measured.photos, 'the card is about the same validation photos');
+  // Within one photo: the closest call among the 414 is a logit gap of 0.005, which another CPU's
+  // kernels or a sharp upgrade may tip; more than that means the card was not regenerated.
+  assert.ok(Math.abs(Number(right) - measured.correct) <= 1, `the card states ${right}/${total}, the model scores ${measured.correct}/${measured.photos}:\n${validationPart(measured)}`);
 });

@@ -76,22 +76,33 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
  * decoded once rather than six times. Regions are ROIs as in PreprocessSpec.roi; the tensors are
  * those imageToTensor would give for `{...spec, roi}`.
  */
-export function regionTensors(image: Buffer, regions: RegionOfInterest[], spec: PreprocessSpec): Promise<TensorValue[]> {
+export async function regionTensors(image: Buffer, regions: RegionOfInterest[], spec: PreprocessSpec): Promise<TensorValue[]> {
+  if (!regions.length) return [];
   return decodeSlots.run(async () => {
-    if (!regions.length) return [];
     const { pipeline, sourceWidth, sourceHeight } = await openImage(image);
+    const tensors: TensorValue[] = [];
+    if (!readJpegHeader(image) && (await sharp(image).metadata()).depth !== 'uchar') {
+      // 16-bit and float images (rare from cameras) are decoded per region: sharp's raw output
+      // reduces them to 8 bits first, which imageToTensor does only after resizing.
+      for (const roi of regions) {
+        const { pipeline: own } = await openImage(image);
+        tensors.push((await pipelineToTensor(own, sourceWidth, sourceHeight, { ...spec, roi })).tensor);
+      }
+      return tensors;
+    }
+    // Decoded as it is stored (alpha kept): each region then goes through the very steps
+    // imageToTensor takes (flatten, crop, resize, convert), so the results match.
     let decoded: { data: Buffer; info: sharp.OutputInfo };
     try {
-      decoded = await pipeline.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+      decoded = await pipeline.raw().toBuffer({ resolveWithObject: true });
     } catch (err) {
       throw undecodable(err);
     }
-    const raw = { width: decoded.info.width, height: decoded.info.height, channels: decoded.info.channels };
-    const tensors: TensorValue[] = [];
+    const { data: pixels, info } = decoded;
+    const raw = { width: info.width, height: info.height, channels: info.channels as 1 | 2 | 3 | 4 };
     // One region at a time: the decode slot is held for this frame, and libvips runs one thread per image anyway.
     for (const roi of regions) {
-      const region = sharp(decoded.data, { raw });
-      tensors.push((await pipelineToTensor(region, sourceWidth, sourceHeight, { ...spec, roi })).tensor);
+      tensors.push((await pipelineToTensor(sharp(pixels, { raw }), sourceWidth, sourceHeight, { ...spec, roi })).tensor);
     }
     return tensors;
   });
@@ -125,13 +136,16 @@ async function pipelineToTensor(
   // msg.preprocess can say exactly where each model pixel came from.
   const geometry = resizeGeometry(sourceWidth, sourceHeight, spec);
   const { source, target } = geometry;
+  // Letterbox bars and transparent pixels: the `pad` colour, else the mean colour so they normalise to zero.
+  const [r, g, b] = spec.pad ?? spec.mean.map((v) => Math.max(0, Math.min(255, Math.round(spec.dtype === 'float32' ? v : 0))));
+  // Transparency is flattened before resizing (libvips runs flatten first): a resize with alpha would
+  // premultiply, so what a transparent pixel became would hang on whether and how the image is scaled.
+  pipeline = pipeline.flatten({ background: { r, g, b } });
   if (source.x !== 0 || source.y !== 0 || source.width !== sourceWidth || source.height !== sourceHeight) {
     pipeline = pipeline.extract({ left: source.x, top: source.y, width: source.width, height: source.height });
   }
   pipeline = pipeline.resize(target.width, target.height, { fit: 'fill' });
   if (target.width !== spec.width || target.height !== spec.height) {
-    // Letterbox bars: the `pad` colour, else the mean colour so they normalise to zero.
-    const [r, g, b] = spec.pad ?? spec.mean.map((v) => Math.max(0, Math.min(255, Math.round(spec.dtype === 'float32' ? v : 0))));
     pipeline = pipeline.extend({
       left: target.x,
       top: target.y,
