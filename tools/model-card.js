@@ -83,7 +83,7 @@ function trainingPart(metrics) {
   const input = metrics.input ? `${metrics.input[0]} x ${metrics.input[1]}` : 'the default size';
   return [
     `${metrics.epochs} epochs at ${input} in **${metrics.train_minutes} minutes** on ${metrics.threads || 'all'} thread(s) (seed ${metrics.seed}, PyTorch ${metrics.torch || '?'}).`,
-    `Validation accuracy as training measured it (PIL decode and resize): last weights ${pct(metrics.validation_last_weights)}, EMA weights ${pct(metrics.validation_ema_weights)}, exported graph${metrics.flip_average ? ' (mirror-image average)' : ''} ${pct(metrics.validation.accuracy)}.`,
+    `Validation accuracy as training measured it (PIL decode and resize): last weights ${pct(metrics.validation_last_weights)}, ${metrics.averaged_weights || 'EMA'} weights ${pct(metrics.validation_ema_weights)}, exported graph${metrics.flip_average ? ' (mirror-image average)' : ''} ${pct(metrics.validation.accuracy)}.`,
   ].join('\n');
 }
 

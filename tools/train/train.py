@@ -290,6 +290,10 @@ def swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen
     checkpoint = torch.load(args.swa_from)
     if checkpoint["classes"] != classes:
         raise SystemExit(f"{args.swa_from} was trained on classes {checkpoint['classes']}, these are {classes}")
+    # The network takes any size, so a checkpoint of another resolution would quietly train on: refuse it.
+    if checkpoint.get("input", [args.width, args.height]) != [args.width, args.height]:
+        raise SystemExit(f"{args.swa_from} was trained at {checkpoint['input'][0]} x {checkpoint['input'][1]}; "
+                         f"pass --width {checkpoint['input'][0]} --height {checkpoint['input'][1]}")
     model.load_state_dict(checkpoint["model"])
     model = model.to(memory_format=memory_format)
     opt = torch.optim.SGD(model.parameters(), lr=args.swa_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -348,7 +352,8 @@ def swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen
     total_minutes = checkpoint.get("train_minutes", 0) + minutes
     history.append({"swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr, "swa_minutes": round(minutes, 1)})
     print(f"SWA: {args.swa_epochs} epochs in {minutes:.0f} min after {checkpoint['epochs']} epochs ({checkpoint.get('train_minutes', 0):.0f} min)", flush=True)
-    finish(args, classes, model, ema, val_x, val_y, len(train_y), checkpoint["epochs"] + args.swa_epochs, history, total_minutes)
+    finish(args, classes, model, ema, val_x, val_y, len(train_y), checkpoint["epochs"] + args.swa_epochs, history, total_minutes,
+           averaged="SWA")
 
 
 def main():
@@ -468,24 +473,25 @@ def main():
     # Keep the weights before export so a failed export never costs a retrain.
     os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"), exist_ok=True)
     torch.save({"model": model.state_dict(), "ema": ema.shadow, "classes": classes, "epochs": epochs,
-                "history": history, "train_minutes": train_minutes},
+                "history": history, "train_minutes": train_minutes, "input": [args.width, args.height]},
                os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", "last.pt"))
     finish(args, classes, model, ema, val_x, val_y, len(train_items), epochs, history, train_minutes)
 
 
-def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history, train_minutes):
+def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history, train_minutes, averaged="EMA"):
     raw = metrics(predict(model, val_x), val_y, classes)
     model.load_state_dict(ema.shadow)
     ema_only = metrics(predict(model, val_x), val_y, classes)
     model = model.to(memory_format=torch.contiguous_format)
     exported = FlipAveraged(model) if args.flip_average else model
     final = metrics(predict(exported, val_x), val_y, classes)
-    print(f"validation accuracy: last weights {raw['accuracy']}, EMA weights {ema_only['accuracy']}, "
-          f"exported ({'flip-averaged ' if args.flip_average else ''}EMA) {final['accuracy']}", flush=True)
+    print(f"validation accuracy: last weights {raw['accuracy']}, {averaged} weights {ema_only['accuracy']}, "
+          f"exported ({'flip-averaged ' if args.flip_average else ''}{averaged}) {final['accuracy']}", flush=True)
     summary = {
         "classes": classes, "train_photos": train_count, "validation_photos": len(val_y),
         "epochs": epochs, "seed": args.seed, "train_minutes": round(train_minutes, 1), "threads": args.threads,
         "validation_last_weights": raw["accuracy"], "validation_ema_weights": ema_only["accuracy"],
+        "averaged_weights": averaged,  # what validation_ema_weights measured: the EMA, or the SWA average
         "flip_average": args.flip_average, "input": [args.width, args.height], "widths": args.widths,
         "validation": final, "history": history,
         "torch": torch.__version__,
