@@ -79,14 +79,13 @@ async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<Prep
 export async function regionTensors(image: Buffer, regions: RegionOfInterest[], spec: PreprocessSpec): Promise<TensorValue[]> {
   if (!regions.length) return [];
   return decodeSlots.run(async () => {
-    const { pipeline, sourceWidth, sourceHeight } = await openImage(image);
+    const { pipeline, sourceWidth, sourceHeight, depth } = await openImage(image);
     const tensors: TensorValue[] = [];
-    if (!readJpegHeader(image) && (await sharp(image).metadata()).depth !== 'uchar') {
+    if (depth !== 'uchar') {
       // 16-bit and float images (rare from cameras) are decoded per region: sharp's raw output
       // reduces them to 8 bits first, which imageToTensor does only after resizing.
       for (const roi of regions) {
-        const { pipeline: own } = await openImage(image);
-        tensors.push((await pipelineToTensor(own, sourceWidth, sourceHeight, { ...spec, roi })).tensor);
+        tensors.push((await pipelineToTensor(decoder(image), sourceWidth, sourceHeight, { ...spec, roi })).tensor);
       }
       return tensors;
     }
@@ -108,21 +107,27 @@ export async function regionTensors(image: Buffer, regions: RegionOfInterest[], 
   });
 }
 
-/** A decoding pipeline for image bytes, oriented as their EXIF says, and the oriented size. */
-async function openImage(image: Buffer): Promise<{ pipeline: sharp.Sharp; sourceWidth: number; sourceHeight: number }> {
+/** A sharp pipeline decoding image bytes, oriented as their EXIF says. */
+function decoder(image: Buffer): sharp.Sharp {
+  // failOn 'warning' rejects truncated or corrupt JPEGs instead of feeding grey pixels to the model.
+  return sharp(image, { failOn: 'warning', limitInputPixels: 100_000_000 }).rotate();
+}
+
+/** A decoding pipeline for image bytes, the oriented size and the depth of a pixel value. */
+async function openImage(image: Buffer): Promise<{ pipeline: sharp.Sharp; sourceWidth: number; sourceHeight: number; depth: string }> {
   if (!Buffer.isBuffer(image) || image.length === 0) {
     throw new Error(`msg.payload must be an image Buffer (JPEG, PNG, WebP...), got ${describeValue(image)}`);
   }
   try {
-    // failOn 'warning' rejects truncated or corrupt JPEGs instead of feeding grey pixels to the model.
-    const pipeline = sharp(image, { failOn: 'warning', limitInputPixels: 100_000_000 }).rotate();
+    const pipeline = decoder(image);
     // Read from the JPEG header when it can be (no trip through libvips), else by sharp.
-    const meta = readJpegHeader(image) ?? (await sharp(image).metadata());
+    const jpeg = readJpegHeader(image);
+    const meta = jpeg ?? (await sharp(image).metadata());
     const swap = (meta.orientation ?? 1) >= 5; // EXIF orientations 5-8 swap width and height
     const sourceWidth = (swap ? meta.height : meta.width) ?? 0;
     const sourceHeight = (swap ? meta.width : meta.height) ?? 0;
     if (!sourceWidth || !sourceHeight) throw new Error('image has no size');
-    return { pipeline, sourceWidth, sourceHeight };
+    return { pipeline, sourceWidth, sourceHeight, depth: jpeg ? 'uchar' : (meta as sharp.Metadata).depth ?? 'uchar' };
   } catch (err) {
     throw undecodable(err);
   }
