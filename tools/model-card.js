@@ -87,22 +87,25 @@ function trainingPart(metrics) {
   ].join('\n');
 }
 
-/** The card with part NAME replaced; the markers must be there already. */
-function replacePart(card, name, body) {
-  const open = `<!-- generated:${name} -->`;
-  const close = `<!-- /generated:${name} -->`;
-  const start = card.indexOf(open);
-  const end = card.indexOf(close);
-  if (start < 0 || end < start) throw new Error(`${path.relative(root, cardPath)} has no ${open} ... ${close} part`);
-  return `${card.slice(0, start + open.length)}\n${body}\n${card.slice(end)}`;
-}
-
-/** The validation part as the card states it now. */
-function statedPart(card, name) {
+/** Where a generated part's body lies in the card: [start, end) between its markers, or undefined. */
+function partSpan(card, name) {
   const open = `<!-- generated:${name} -->`;
   const start = card.indexOf(open);
   const end = card.indexOf(`<!-- /generated:${name} -->`);
-  return start < 0 || end < start ? undefined : card.slice(start + open.length, end).trim();
+  return start < 0 || end < start ? undefined : [start + open.length, end];
+}
+
+/** The card with part NAME replaced; the markers must be there already. */
+function replacePart(card, name, body) {
+  const span = partSpan(card, name);
+  if (!span) throw new Error(`${path.relative(root, cardPath)} has no <!-- generated:${name} --> ... <!-- /generated:${name} --> part`);
+  return `${card.slice(0, span[0])}\n${body}\n${card.slice(span[1])}`;
+}
+
+/** A generated part as the card states it now. */
+function statedPart(card, name) {
+  const span = partSpan(card, name);
+  return span && card.slice(...span).trim();
 }
 
 async function main() {

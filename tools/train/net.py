@@ -45,3 +45,12 @@ class WasteNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.stages(self.stem(x)))
+
+
+def load_checkpoint(path, classes):
+    """A checkpoint train.py wrote (last.pt or a --resume state), refused if it names other classes:
+    its output rows would quietly mean other materials."""
+    checkpoint = torch.load(path)
+    if checkpoint["classes"] != classes:
+        raise SystemExit(f"{path} was trained on classes {checkpoint['classes']}, these are {classes}")
+    return checkpoint

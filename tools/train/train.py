@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export import MEAN, STD, save_with_metadata  # noqa: E402
-from net import WasteNet  # noqa: E402
+from net import WasteNet, load_checkpoint  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -215,6 +215,21 @@ def cutmix(x, y_onehot, gen):
     return x, lam * y_onehot + (1 - lam) * y_onehot[perm]
 
 
+def training_batches(train_x, train_y, n_classes, args, gen, memory_format, mix=True):
+    """One epoch of augmented training batches in a random order, with smoothed labels and, when mix,
+    CutMix on half of them. Every random draw comes from gen, so a resumed run repeats them."""
+    order = torch.randperm(len(train_y), generator=gen)
+    for b in range(math.ceil(len(train_y) / args.batch)):
+        idx = order[b * args.batch:(b + 1) * args.batch]
+        if len(idx) < 8:
+            continue
+        x = normalise(augment(train_x[idx], (args.height, args.width), gen)).contiguous(memory_format=memory_format)
+        y = F.one_hot(train_y[idx], n_classes).float() * 0.9 + 0.1 / n_classes  # label smoothing
+        if mix and torch.rand(1, generator=gen).item() < 0.5:
+            x, y = cutmix(x, y, gen)
+        yield x, y
+
+
 class FlipAveraged(torch.nn.Module):
     """Averages the logits of a frame and its mirror image: a piece of waste is the same either way
     round, and the average is steadier than either view for twice a very small inference cost."""
@@ -287,9 +302,7 @@ def swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen
     """Stochastic weight averaging (Izmailov et al., 2018) after a finished cosine run: training goes on
     at a constant learning rate, the weights at the end of each epoch are averaged, and the batch-norm
     statistics are recomputed for the averaged weights (they are not an average of the members')."""
-    checkpoint = torch.load(args.swa_from)
-    if checkpoint["classes"] != classes:
-        raise SystemExit(f"{args.swa_from} was trained on classes {checkpoint['classes']}, these are {classes}")
+    checkpoint = load_checkpoint(args.swa_from, classes)
     # The network takes any size, so a checkpoint of another resolution would quietly train on: refuse it.
     if checkpoint.get("input", [args.width, args.height]) != [args.width, args.height]:
         raise SystemExit(f"{args.swa_from} was trained at {checkpoint['input'][0]} x {checkpoint['input'][1]}; "
@@ -303,23 +316,11 @@ def swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen
     history = list(checkpoint.get("history", []))
     t_train = time.time()
 
-    def batches(train):
-        order = torch.randperm(len(train_y), generator=gen)
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch:(b + 1) * args.batch]
-            if len(idx) < 8:
-                continue
-            x = normalise(augment(train_x[idx], (args.height, args.width), gen)).contiguous(memory_format=memory_format)
-            y = F.one_hot(train_y[idx], len(classes)).float() * 0.9 + 0.1 / len(classes)
-            if train and torch.rand(1, generator=gen).item() < 0.5:
-                x, y = cutmix(x, y, gen)
-            yield x, y
-
     for epoch in range(1, args.swa_epochs + 1):
         model.train()
         t_epoch = time.time()
         total = 0.0
-        for x, y in batches(True):
+        for x, y in training_batches(train_x, train_y, len(classes), args, gen, memory_format):
             loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,7 +342,7 @@ def swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen
             m.momentum = None
     model.train()
     with torch.no_grad():
-        for x, _ in batches(False):
+        for x, _ in training_batches(train_x, train_y, len(classes), args, gen, memory_format, mix=False):
             model(x)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -378,7 +379,7 @@ def main():
     print(f"network: widths {widths}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"input {args.width} x {args.height}", flush=True)
     if args.export_only:
-        checkpoint = torch.load(args.export_only)
+        checkpoint = load_checkpoint(args.export_only, classes)
         model.load_state_dict(checkpoint["model"])
         ema = Ema(model, 0.998)
         ema.shadow = checkpoint["ema"]
@@ -429,19 +430,11 @@ def main():
         epoch += 1
         model.train()
         t_epoch = time.time()
-        order = torch.randperm(len(train_items), generator=gen)
         total_loss = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch:(b + 1) * args.batch]
-            if len(idx) < 8:
-                continue
+        for x, y in training_batches(train_x, train_y, len(classes), args, gen, memory_format):
             lr = learning_rate(step, warmup, epochs * steps_per_epoch, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x = normalise(augment(train_x[idx], (args.height, args.width), gen)).contiguous(memory_format=memory_format)
-            y = F.one_hot(train_y[idx], len(classes)).float() * 0.9 + 0.1 / len(classes)  # label smoothing
-            if torch.rand(1, generator=gen).item() < 0.5:
-                x, y = cutmix(x, y, gen)
             loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

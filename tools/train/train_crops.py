@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scenes  # noqa: E402
 from export import MEAN, STD, save_with_metadata  # noqa: E402
-from net import WasteNet  # noqa: E402
+from net import WasteNet, load_checkpoint  # noqa: E402
 from train import Ema, FlipAveraged, augment, learning_rate, normalise  # noqa: E402
 
 CROP_MARGIN = 1.15
@@ -127,9 +127,7 @@ def main():
 
     model = WasteNet(len(classes), widths=tuple(int(w) for w in args.widths.split(",")))
     if args.init:
-        checkpoint = torch.load(args.init)
-        if checkpoint["classes"] != classes:
-            raise SystemExit(f"{args.init} was trained on classes {checkpoint['classes']}, these are {classes}")
+        checkpoint = load_checkpoint(args.init, classes)
         model.load_state_dict(checkpoint["ema"])
         print(f"starting from {args.init} ({checkpoint['epochs']} epochs on the photos)", flush=True)
     ema = Ema(model, 0.995)
