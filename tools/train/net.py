@@ -48,9 +48,10 @@ class WasteNet(nn.Module):
 
 
 def load_checkpoint(path, classes):
-    """A checkpoint train.py wrote (last.pt or a --resume state), refused if it names other classes:
-    its output rows would quietly mean other materials."""
+    """A file train.py wrote, refused if it names other classes: its output rows would quietly mean
+    other materials. last.pt records its classes; a --resume state does not (nor any class list), so
+    it is taken as it is."""
     checkpoint = torch.load(path)
-    if checkpoint["classes"] != classes:
+    if checkpoint.get("classes", classes) != classes:
         raise SystemExit(f"{path} was trained on classes {checkpoint['classes']}, these are {classes}")
     return checkpoint

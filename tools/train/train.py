@@ -217,7 +217,8 @@ def cutmix(x, y_onehot, gen):
 
 def training_batches(train_x, train_y, n_classes, args, gen, memory_format, mix=True):
     """One epoch of augmented training batches in a random order, with smoothed labels and, when mix,
-    CutMix on half of them. Every random draw comes from gen, so a resumed run repeats them."""
+    CutMix on half of them. The order, the augmentation and CutMix's coin and box come from gen;
+    CutMix's ratio (and the network's dropout) from the global torch RNG: a resume state saves both."""
     order = torch.randperm(len(train_y), generator=gen)
     for b in range(math.ceil(len(train_y) / args.batch)):
         idx = order[b * args.batch:(b + 1) * args.batch]
