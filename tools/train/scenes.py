@@ -91,7 +91,8 @@ def main_component(mask):
     core = pil
     while True:
         eroded = core.filter(ImageFilter.MinFilter(7))
-        if not eroded.getbbox():
+        # Erosion repeats the frame's edge, so a mask filling the whole frame never shrinks.
+        if not eroded.getbbox() or eroded.tobytes() == core.tobytes():
             break
         core = eroded
     arr = np.asarray(core)
