@@ -81,8 +81,17 @@ function trainingPart(metrics) {
     ].join('\n');
   }
   const input = metrics.input ? `${metrics.input[0]} x ${metrics.input[1]}` : 'the default size';
+  // A run of train.py --init-onnx / --teacher: the models it started from and learnt from, with their own training.
+  const about = (m) => `\`${m.file}\` (${m.input ? `${m.input[0]} x ${m.input[1]}, ` : ''}${m.epochs ?? '?'} epochs, ${m.train_minutes !== undefined ? `${m.train_minutes} minutes` : 'time unknown'}${m.validation_accuracy != null ? `, ${pct(m.validation_accuracy)} as its training measured it` : ''})`;
+  const origin = [];
+  if (metrics.init_onnx) origin.push(`Started from the weights of ${about(metrics.init_onnx)}.`);
+  if (metrics.teachers?.length) {
+    origin.push(`Distilled from the mean logits of ${metrics.teachers.map(about).join(' and ')}` +
+      `${metrics.distillation ? ` (distillation weight ${metrics.distillation.weight}, temperature ${metrics.distillation.temperature})` : ''}.`);
+  }
   return [
     `${metrics.epochs} epochs at ${input} in **${metrics.train_minutes} minutes** on ${metrics.threads || 'all'} thread(s) (seed ${metrics.seed}, PyTorch ${metrics.torch || '?'}).`,
+    ...origin,
     `Validation accuracy as training measured it (PIL decode and resize): last weights ${pct(metrics.validation_last_weights)}, ${metrics.averaged_weights || 'EMA'} weights ${pct(metrics.validation_ema_weights)}, exported graph${metrics.flip_average ? ' (mirror-image average)' : ''} ${pct(metrics.validation.accuracy)}.`,
   ].join('\n');
 }

@@ -25,6 +25,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export import MEAN, STD, save_with_metadata  # noqa: E402
 from net import WasteNet, load_checkpoint  # noqa: E402
+import from_onnx  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -63,6 +64,16 @@ def parse_args():
                         "at the end of every epoch, then the batch-norm statistics recomputed for the average")
     p.add_argument("--swa-epochs", type=int, default=15)
     p.add_argument("--swa-lr", type=float, default=0.01)
+    p.add_argument("--init-onnx", default="", metavar="MODEL",
+                   help="start from the weights of a model this script exported (fine-tuning: your own photos, "
+                        "another input size, or distillation) instead of random weights; pair with a smaller --lr")
+    p.add_argument("--teacher", nargs="+", default=[], metavar="MODEL",
+                   help="distil from these exported models: the mean of their logits (each at its own input size, "
+                        "the batch resized) is a soft target beside the labels")
+    p.add_argument("--distill-weight", type=float, default=0.7,
+                   help="share of the loss that comes from the teachers (the rest from the labels)")
+    p.add_argument("--distill-temperature", type=float, default=2.0,
+                   help="softmax temperature of the distillation loss")
     p.add_argument("--export-only", default="", metavar="CHECKPOINT",
                    help="skip training: evaluate and export the weights saved in CHECKPOINT (runs/last.pt)")
     return p.parse_args()
@@ -243,6 +254,33 @@ class FlipAveraged(torch.nn.Module):
         return 0.5 * (self.net(x) + self.net(torch.flip(x, dims=[3])))
 
 
+class Teachers:
+    """Exported models whose mean logits are soft targets (knowledge distillation, Hinton et al., 2015).
+    Each reads the student's normalised batch resized to its own input size (bilinear, as
+    ensemble.py's --resize-members does at inference); no mirror-image average, which would double their cost."""
+
+    def __init__(self, paths, classes):
+        self.members = []
+        for path in paths:
+            net, size = from_onnx.load(path, classes)
+            self.members.append((net, (size[1], size[0])))
+
+    @torch.no_grad()
+    def logits(self, x):
+        total = 0
+        for net, hw in self.members:
+            view = x if tuple(x.shape[2:]) == hw else F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+            total = total + net(view.contiguous())
+        return total / len(self.members)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature):
+    """KL divergence between the softened teacher and student distributions, scaled by T^2 so its
+    gradients keep their size whatever the temperature."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
+
+
 class Ema:
     """Exponential moving average of weights and BN statistics: a steadier final model."""
 
@@ -388,6 +426,20 @@ def main():
                checkpoint.get("train_minutes", 0))
         return
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.init_onnx:
+        model, init_size = from_onnx.load(args.init_onnx, classes)
+        init_widths = ",".join(str(w) for w in from_onnx.widths_of([conv.weight for conv, _ in from_onnx.conv_bn_pairs(model)]))
+        if init_widths != args.widths:
+            raise SystemExit(f"{args.init_onnx} has stage widths {init_widths}: pass --widths {init_widths}")
+        # Statistics from augmented training batches of a generator of its own, so the run's random
+        # draws are those of a run without --init-onnx.
+        calibration = training_batches(train_x, train_y, len(classes), args, torch.Generator().manual_seed(args.seed + 1),
+                                       torch.contiguous_format, mix=False)
+        from_onnx.unfold_batch_norms(model, (x for _, (x, _) in zip(range(8), calibration)))
+        start_acc = (predict(model, val_x).argmax(1) == val_y).float().mean().item()
+        print(f"initialised from {args.init_onnx} (trained at {init_size[0]} x {init_size[1]}): validation accuracy "
+              f"{start_acc:.4f} without the mirror-image average", flush=True)
+    teachers = Teachers(args.teacher, classes) if args.teacher else None
     if args.swa_from:
         swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen)
         return
@@ -405,6 +457,9 @@ def main():
     # What must match for a saved state to be continued: anything else would silently train another recipe.
     recipe = {k: getattr(args, k) for k in ("width", "height", "widths", "batch", "lr", "seed", "channels_last")}
     recipe["train"] = len(train_items)
+    if args.init_onnx or teachers:
+        recipe.update(init_onnx=args.init_onnx, teacher=args.teacher, distill_weight=args.distill_weight,
+                      distill_temperature=args.distill_temperature)
     if args.resume and os.path.exists(args.resume):
         state = torch.load(args.resume)
         if state["recipe"] != recipe:
@@ -436,7 +491,11 @@ def main():
             lr = learning_rate(step, warmup, epochs * steps_per_epoch, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
+            logits = model(x)
+            loss = torch.sum(-y * F.log_softmax(logits, 1), 1).mean()
+            if teachers:
+                loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
+                    logits, teachers.logits(x), args.distill_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -488,6 +547,9 @@ def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history
         "averaged_weights": averaged,  # what validation_ema_weights measured: the EMA, or the SWA average
         "flip_average": args.flip_average, "input": [args.width, args.height], "widths": args.widths,
         "validation": final, "history": history,
+        "init_onnx": from_onnx.describe(args.init_onnx) if args.init_onnx else None,
+        "teachers": [from_onnx.describe(t) for t in args.teacher],
+        "distillation": {"weight": args.distill_weight, "temperature": args.distill_temperature} if args.teacher else None,
         "torch": torch.__version__,
     }
     model = exported
@@ -495,6 +557,8 @@ def finish(args, classes, model, ema, val_x, val_y, train_count, epochs, history
     export_onnx(model, args.out, classes, args, {
         "model_name": "waste-classifier", "training": json.dumps({"dataset": os.path.basename(os.path.normpath(args.data)),
                                                                    "epochs": epochs, "seed": args.seed,
+                                                                   **({"init_from": os.path.basename(args.init_onnx)} if args.init_onnx else {}),
+                                                                   **({"distilled_from": [os.path.basename(t) for t in args.teacher]} if args.teacher else {}),
                                                                    "validation_accuracy": final["accuracy"]})})
     metrics_path = args.metrics or os.path.splitext(args.out)[0] + ".metrics.json"
     with open(metrics_path, "w") as fh:

@@ -1,0 +1,148 @@
+"""Weights of a classifier that train.py exported, read back from its ONNX file into a WasteNet.
+
+The export folds every batch norm into the convolution before it (eval mode, constant folding), so the
+file holds one weight and one bias per convolution. For inference (a distillation teacher) each batch
+norm becomes the identity plus that bias. To train on (fine-tuning), `unfold_batch_norms` gives each
+batch norm the statistics of its convolution's output on training batches and the scale and shift
+that undo them: the network computes exactly the same in eval mode, and in train mode a batch's own
+statistics are close to those, so training starts from the exported model rather than from a network
+whose batch norms suddenly normalise unscaled outputs.
+"""
+import json
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from net import WasteNet
+
+
+def read_model(path):
+    """(metadata, [(conv weight, conv bias) in graph order], (head weight, head bias)) of one network in
+    the file: a flip-averaged export runs the same weights twice, so each weight counts once."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    resolve = lambda name: init[alias.get(name, name)]
+    convs, seen, head = [], set(), None
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            weight_name = alias.get(node.input[1], node.input[1])
+            if weight_name in seen:
+                continue
+            seen.add(weight_name)
+            if len(node.input) < 3:
+                raise SystemExit(f"{path}: convolution {node.name} has no bias; not an export of train.py")
+            convs.append((resolve(node.input[1]), resolve(node.input[2])))
+        elif node.op_type == "Gemm" and head is None:
+            attrs = {a.name: a.i for a in node.attribute}
+            weight = resolve(node.input[1])
+            head = (weight if attrs.get("transB", 0) else weight.T, resolve(node.input[2]))
+    if head is None:
+        raise SystemExit(f"{path}: no fully connected head; not an export of train.py")
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta, convs, head
+
+
+def widths_of(convs):
+    """The four stage widths of net.py's WasteNet from its convolutions' output channels."""
+    out = [w.shape[0] for w in convs]
+    stages = []
+    for c in out[1:]:
+        if not stages or stages[-1] != c:
+            stages.append(c)
+    return tuple(stages)
+
+
+def conv_bn_pairs(net):
+    """(conv, batch norm) of every convolution of a WasteNet in the order its forward pass runs them,
+    which is the order they appear in an export."""
+    modules = list(net.modules())
+    pairs = []
+    for i, m in enumerate(modules):
+        if isinstance(m, nn.Conv2d):
+            bn = next(x for x in modules[i + 1:] if isinstance(x, nn.BatchNorm2d))
+            pairs.append((m, bn))
+    return pairs
+
+
+@torch.no_grad()
+def load(path, classes):
+    """A WasteNet (eval mode) that computes what the exported file computes without its flip average.
+    Returns (net, input size (width, height) from the metadata)."""
+    meta, convs, (head_w, head_b) = read_model(path)
+    labels = json.loads(meta.get("labels", "[]"))
+    if labels != classes:
+        raise SystemExit(f"{path} labels {labels}, these photos' classes are {classes}")
+    net = WasteNet(len(classes), widths=widths_of([w for w, _ in convs]))
+    pairs = conv_bn_pairs(net)
+    if len(pairs) != len(convs):
+        raise SystemExit(f"{path} has {len(convs)} convolutions, net.py's network {len(pairs)}")
+    for (conv, bn), (weight, bias) in zip(pairs, convs):
+        if tuple(conv.weight.shape) != weight.shape:
+            raise SystemExit(f"{path}: convolution of shape {weight.shape} where net.py has {tuple(conv.weight.shape)}")
+        conv.weight.copy_(torch.from_numpy(np.array(weight)))
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1 - bn.eps)  # so that sqrt(var + eps) is exactly 1
+        bn.weight.fill_(1)
+        bn.bias.copy_(torch.from_numpy(np.array(bias)))
+    head = net.head[-1]
+    head.weight.copy_(torch.from_numpy(np.array(head_w)))
+    head.bias.copy_(torch.from_numpy(np.array(head_b)))
+    preprocess = json.loads(meta.get("preprocess", "{}"))
+    return net.eval(), (preprocess.get("width"), preprocess.get("height"))
+
+
+@torch.no_grad()
+def unfold_batch_norms(net, batches):
+    """Gives each batch norm of a net from `load` the mean and variance of its input over `batches`
+    and the scale and shift that undo them (the eval-mode output does not change)."""
+    sums = {}
+
+    def record(bn, inputs, _output):
+        x = inputs[0].double()
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        s, s2, count = sums.get(bn, (0, 0, 0))
+        sums[bn] = (s + x.sum(dim=(0, 2, 3)), s2 + (x * x).sum(dim=(0, 2, 3)), count + n)
+
+    pairs = conv_bn_pairs(net)
+    hooks = [bn.register_forward_hook(record) for _, bn in pairs]
+    net.eval()
+    for x in batches:
+        net(x)
+    for h in hooks:
+        h.remove()
+    for _, bn in pairs:
+        s, s2, count = sums[bn]
+        mean = s / count
+        var = (s2 / count - mean * mean).clamp(min=1e-6)
+        bias = bn.bias.double().clone()  # the folded convolution bias
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(torch.sqrt(var + bn.eps))
+        bn.bias.copy_(mean + bias)
+    return net
+
+
+def describe(path):
+    """What the card says about a model a run started from or distilled from: its file name, input
+    size and training (the `training` metadata and, when train.py's .metrics.json lies beside it, the
+    epochs and minutes it records)."""
+    import os
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    preprocess = json.loads(meta.get("preprocess", "{}"))
+    about = {"file": os.path.basename(path), "input": [preprocess.get("width"), preprocess.get("height")],
+             "training": json.loads(meta.get("training", "{}"))}
+    metrics_path = os.path.splitext(path)[0] + ".metrics.json"
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as fh:
+            metrics = json.load(fh)
+        about.update({k: metrics[k] for k in ("epochs", "train_minutes", "seed") if k in metrics})
+        about["validation_accuracy"] = metrics.get("validation", {}).get("accuracy")
+    return about
