@@ -145,7 +145,7 @@ async function main() {
     latency.map((l) => `; ${l.threads} thread(s) p50 ${ms(l.p50)} p95 ${ms(l.p95)}`).join(''));
 }
 
-module.exports = { validationPart, statedPart };
+module.exports = { validationPart, statedPart, trainingPart };
 
 if (require.main === module) {
   main().catch((err) => {
