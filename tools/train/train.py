@@ -439,10 +439,10 @@ def main():
         start_acc = (predict(model, val_x).argmax(1) == val_y).float().mean().item()
         print(f"initialised from {args.init_onnx} (trained at {init_size[0]} x {init_size[1]}): validation accuracy "
               f"{start_acc:.4f} without the mirror-image average", flush=True)
-    teachers = Teachers(args.teacher, classes) if args.teacher else None
     if args.swa_from:
         swa(args, classes, model, memory_format, train_x, train_y, val_x, val_y, gen)
         return
+    teachers = Teachers(args.teacher, classes) if args.teacher else None
     model = model.to(memory_format=memory_format)
     ema = Ema(model, 0.998)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
