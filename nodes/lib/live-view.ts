@@ -161,6 +161,7 @@ export class NodeLiveView {
   private readonly throttle: LiveViewThrottle;
   /** Frames shown (sent to at least one editor), for tests and statistics. */
   shown = 0;
+  private closed = false;
 
   constructor(private readonly hub: LiveViewHub, private readonly nodeId: string, private readonly options: LiveViewOptions) {
     this.throttle = new LiveViewThrottle(1000 / options.rate, options.now);
@@ -176,7 +177,8 @@ export class NodeLiveView {
     try {
       const thumb = await thumbnail(image, this.options.size);
       const sessions = this.hub.viewers(); // whoever is still watching after the encoding
-      if (!sessions.length) return;
+      // A frame still encoding when its node closed (a redeploy, perhaps one that switched the view off) is not shown.
+      if (!sessions.length || this.closed) return;
       this.hub.publish(this.nodeId, { id: this.nodeId, image: thumb.image.toString('base64'), type: 'image/jpeg', width: thumb.width, height: thumb.height, at: Date.now() }, sessions);
       this.shown++;
     } catch {
@@ -184,6 +186,11 @@ export class NodeLiveView {
     } finally {
       this.throttle.done();
     }
+  }
+
+  /** The node closed: frames still being encoded are dropped. */
+  close(): void {
+    this.closed = true;
   }
 
   /** Tells the editors to remove this node's image (the live view was switched off, or the node removed). */

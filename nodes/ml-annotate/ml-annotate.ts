@@ -82,6 +82,7 @@ module.exports = function (RED: NodeAPI) {
     });
 
     node.on('close', (removed: boolean, done: () => void) => {
+      liveView?.close();
       if (removed && liveView) liveView.clear();
       done();
     });
