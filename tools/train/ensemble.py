@@ -17,6 +17,10 @@ another size reads that input resized to its own (a Resize node, bilinear withou
 Such a member is then also evaluated as it runs inside the ensemble (resized input) beside its own
 pre-processing, since the resize moves its accuracy a little.
 
+With --single-view, each member drops the mirror-image half of train.py's export (the average of the
+frame's and its mirror image's logits, two passes of the network): one pass per member, so two
+members cost about what one flip-averaged member does.
+
 Weights are stored as float16 by default (--weights float32 keeps them as they are): each float16
 initialiser feeds a Cast to float32, which onnxruntime folds into a constant when it loads the
 model, so inference still runs in float32 at the same speed while the file is half the size.
@@ -27,8 +31,10 @@ ensemble's logits are checked against the mean of the members' logits, and the f
 to a .metrics.json beside --out.
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +61,8 @@ def parse_args():
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="only merge and check the graph")
     p.add_argument("--resize-members", action="store_true",
                    help="allow members with another input size: they read the first member's input, resized")
+    p.add_argument("--single-view", action="store_true",
+                   help="drop each member's mirror-image half (train.py's flip average): half the cost per member")
     return p.parse_args()
 
 
@@ -91,6 +99,43 @@ def rename_member(model, prefix, shared_input):
         c.name = prefix + v.name
         infos.append(c)
     return nodes, inits, infos, inp, rename(out.name), out
+
+
+def single_view(model, path):
+    """The member without its mirror-image half. train.py exports 0.5 * (net(x) + net(flip(x))) as
+    two copies of the network; this keeps the copy that reads the input unflipped, and its weights."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    (out,) = g.output
+    (inp,) = [i.name for i in g.input if i.name not in {t.name for t in g.initializer}]
+
+    def ancestors(name):
+        seen, stack = [], [name]
+        while stack:
+            n = producer.get(stack.pop())
+            if n is not None and n not in seen:
+                seen.append(n)
+                stack += list(n.input)
+        return seen
+
+    mul = producer.get(out.name)
+    add = next((producer[x] for x in (mul.input if mul is not None and mul.op_type == "Mul" else [])
+                if x in producer and producer[x].op_type == "Add"), None)
+    mirrors = lambda n: n.op_type == "Slice" and inp in n.input
+    direct = [x for x in (add.input if add is not None else []) if not any(mirrors(n) for n in ancestors(x))]
+    if len(direct) != 1:
+        sys.exit(f"{path}: no mirror-image average at its output (expected train.py's 0.5 * (a + b)) to drop")
+    keep = ancestors(direct[0])
+    nodes = [n for n in g.node if n in keep] + [helper.make_node("Identity", [direct[0]], [out.name], name="single_view")]
+    used = {x for n in nodes for x in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    return model
 
 
 def store_float16(nodes, inits):
@@ -200,17 +245,30 @@ def main():
     args = parse_args()
     if len(args.members) < 2:
         sys.exit("an ensemble needs at least two members")
+    names = [os.path.basename(p) for p in args.members]
+    if args.single_view:
+        # The members as they run inside the ensemble, so that each is also evaluated that way.
+        views = tempfile.mkdtemp(prefix="single-view-")
+        atexit.register(shutil.rmtree, views, True)
+        paths = []
+        for i, p in enumerate(args.members):
+            paths.append(os.path.join(views, f"member{i}.onnx"))
+            onnx.save(single_view(onnx.load(p), p), paths[-1])
+        args.members = paths
     model, members = merge(args.members, args.weights, args.resize_members)
     member_training = []
-    for path, m in zip(args.members, members):
+    for name, m in zip(names, members):
         t = metadata(m).get("training", "{}")
         try:
             t = json.loads(t)
         except ValueError:
             pass
-        member_training.append({"file": os.path.basename(path), "training": t})
+        member_training.append(dict({"file": name, "training": t},
+                                    **({"view": "single: the mirror-image half dropped"} if args.single_view else {})))
     props = dict(metadata(members[0]))
-    training = {"ensemble": f"mean of the logits of {len(members)} members", "weights_stored_as": args.weights,
+    training = {"ensemble": f"mean of the logits of {len(members)} members"
+                            + (", each without its mirror-image half" if args.single_view else ""),
+                "weights_stored_as": args.weights,
                 "members": member_training}
     props["training"] = json.dumps(training)
     for k, v in props.items():
@@ -275,9 +333,9 @@ def main():
         "validation_photos": ens["photos"],
         "validation": strip(ens),
         "check": {"max_abs_difference_from_member_mean": deviation, "same_top1_as_member_mean": same_top1},
-        "members": [dict({"file": os.path.basename(p), "training": t["training"], "validation": strip(e)},
+        "members": [dict({"file": t["file"], "training": t["training"], "validation": strip(e)},
                          **({"validation_inside_ensemble_resized_input": strip(r)} if r is not e else {}))
-                    for p, t, e, r in zip(args.members, member_training, evals, inside)],
+                    for t, e, r in zip(member_training, evals, inside)],
     }
     metrics_path = args.metrics or os.path.splitext(args.out)[0] + ".metrics.json"
     with open(metrics_path, "w") as fh:
