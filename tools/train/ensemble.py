@@ -109,26 +109,26 @@ def single_view(model, path):
     (out,) = g.output
     (inp,) = [i.name for i in g.input if i.name not in {t.name for t in g.initializer}]
 
-    def ancestors(name):
-        seen, stack = [], [name]
+    def upstream(name):
+        """Every tensor name the value `name` is computed from (itself included)."""
+        names, stack = set(), [name]
         while stack:
-            n = producer.get(stack.pop())
-            if n is not None and n not in seen:
-                seen.append(n)
-                stack += list(n.input)
-        return seen
+            x = stack.pop()
+            if x not in names:
+                names.add(x)
+                stack += list(producer[x].input) if x in producer else []
+        return names
 
     mul = producer.get(out.name)
     add = next((producer[x] for x in (mul.input if mul is not None and mul.op_type == "Mul" else [])
                 if x in producer and producer[x].op_type == "Add"), None)
-    mirrors = lambda n: n.op_type == "Slice" and inp in n.input
-    direct = [x for x in (add.input if add is not None else []) if not any(mirrors(n) for n in ancestors(x))]
+    flipped = {n.output[0] for n in g.node if n.op_type == "Slice" and inp in n.input}
+    direct = [x for x in (add.input if add is not None else []) if not upstream(x) & flipped]
     if len(direct) != 1:
         sys.exit(f"{path}: no mirror-image average at its output (expected train.py's 0.5 * (a + b)) to drop")
-    keep = ancestors(direct[0])
-    nodes = [n for n in g.node if n in keep] + [helper.make_node("Identity", [direct[0]], [out.name], name="single_view")]
-    used = {x for n in nodes for x in n.input}
-    inits = [t for t in g.initializer if t.name in used]
+    keep = upstream(direct[0])
+    nodes = [n for n in g.node if n.output[0] in keep] + [helper.make_node("Identity", [direct[0]], [out.name], name="single_view")]
+    inits = [t for t in g.initializer if t.name in keep]
     del g.node[:]
     g.node.extend(nodes)
     del g.initializer[:]
