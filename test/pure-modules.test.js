@@ -219,6 +219,24 @@ test('the decode limiter runs at most its slots at once and lets a camera\'s new
   assert.deepEqual(order, ['a1', 'b2', 'x1', 'x2'], 'one at a time, in arrival order; frames without a camera are never skipped');
 });
 
+test('the decode limiter keeps one waiting frame per camera and queuer: a camera feeding two branches starves neither', async () => {
+  const { Limiter, SupersededError } = require('../nodes/lib/limiter');
+  const limiter = new Limiter(1);
+  const order = [];
+  let release;
+  const busy = limiter.run(() => new Promise((r) => { release = r; }), 'other');
+  // Node-RED delivers each frame of cam1 to branch A, then to branch B.
+  const a1 = limiter.run(async () => order.push('A1'), 'cam1', 'preprocess-A');
+  const b1 = limiter.run(async () => order.push('B1'), 'cam1', 'preprocess-B');
+  const a2 = limiter.run(async () => order.push('A2'), 'cam1', 'preprocess-A');
+  const b2 = limiter.run(async () => order.push('B2'), 'cam1', 'preprocess-B');
+  await assert.rejects(a1, SupersededError);
+  await assert.rejects(b1, SupersededError);
+  release();
+  await Promise.all([busy, a2, b2]);
+  assert.deepEqual(order, ['A2', 'B2'], 'each branch decodes the newest frame of cam1; neither replaces the other\'s');
+});
+
 test('model paths: empty is the bundled classifier, bundled:<file> a model in the package\'s models folder, relative ones the user directory\'s', () => {
   const { resolveModelPath, BUNDLED_MODEL, PACKAGE_ROOT } = require('../nodes/ml-model/model-config');
   const path = require('path');

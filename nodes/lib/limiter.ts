@@ -1,7 +1,9 @@
 /**
  * Runs at most `slots` tasks at once; the rest wait their turn in arrival order. A task may name a
- * lane (a camera): a newer task of the same lane replaces that lane's task still waiting, which is
- * rejected with SupersededError, so that under overload a camera's frames do not pile up and age.
+ * lane (a camera): a newer task of the same lane and queuer replaces that lane's task still waiting,
+ * which is rejected with SupersededError, so that under overload a camera's frames do not pile up
+ * and age. The queuer (an ml-preprocess node) keeps two branches fed by one camera apart: otherwise
+ * the branch Node-RED delivers to second would replace the first one's frame every time.
  *
  * With a gate, a lane's task also waits while the gate holds that lane closed: ml-inference closes
  * a camera's lane while its queue for that camera is full, so a frame is decoded only once the
@@ -133,6 +135,7 @@ export class ModelRoom {
 
 interface Waiting {
   lane?: string;
+  queuer?: string;
   start: () => void;
   supersede: () => void;
 }
@@ -146,16 +149,16 @@ export class Limiter {
     gate?.onOpen(() => this.startWaiting());
   }
 
-  async run<T>(task: () => Promise<T>, lane?: string): Promise<T> {
+  async run<T>(task: () => Promise<T>, lane?: string, queuer?: string): Promise<T> {
     if (this.running < this.slots && this.isOpen(lane)) {
       this.running++;
     } else {
       // Counted as running by whoever starts it (startWaiting).
       await new Promise<void>((start, reject) => {
-        const entry = { lane, start, supersede: () => reject(new SupersededError(lane ?? '')) };
+        const entry = { lane, queuer, start, supersede: () => reject(new SupersededError(lane ?? '')) };
         // The newer frame takes the older one's place: a camera waits its turn from when it began
         // to wait, however often its frame is replaced meanwhile (no camera is passed over for good).
-        const older = lane === undefined ? -1 : this.waiting.findIndex((w) => w.lane === lane);
+        const older = lane === undefined ? -1 : this.waiting.findIndex((w) => w.lane === lane && w.queuer === queuer);
         if (older >= 0) {
           this.waiting[older].supersede();
           this.waiting[older] = entry;

@@ -59,9 +59,10 @@ export function pixelsToTensor(rgb: Uint8Array, width: number, height: number, s
 /**
  * Decodes, orients, crops, resizes and normalises one image. Throws a user-facing error on bad input.
  */
-export function imageToTensor(image: Buffer, spec: PreprocessSpec, camera?: string): Promise<PreprocessResult> {
-  // With a camera named, a newer frame of it replaces its frame still waiting (SupersededError).
-  return decodeSlots.run(() => decodeToTensor(image, spec), camera);
+export function imageToTensor(image: Buffer, spec: PreprocessSpec, camera?: string, queuer?: string): Promise<PreprocessResult> {
+  // With a camera named, a newer frame of it from the same queuer (an ml-preprocess node) replaces
+  // its frame still waiting (SupersededError).
+  return decodeSlots.run(() => decodeToTensor(image, spec), camera, queuer);
 }
 
 async function decodeToTensor(image: Buffer, spec: PreprocessSpec): Promise<PreprocessResult> {

@@ -68,7 +68,7 @@ module.exports = function (RED: NodeAPI) {
       try {
         const spec = await currentSpec(msg);
         const image = msg.payload as Buffer;
-        const result = await imageToTensor(image, spec, frameOf(msg) ? cameraOf(msg) : undefined);
+        const result = await imageToTensor(image, spec, frameOf(msg) ? cameraOf(msg) : undefined, node.id);
         msg.image = image; // the original frame travels on for saving or display
         msg.payload = result.tensor;
         msg.preprocess = {
