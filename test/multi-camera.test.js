@@ -111,6 +111,31 @@ test('separate camera nodes deployed together tick on their own phases too', asy
   console.log(`# three camera nodes tick at ${ids.map((id) => `${id} ${when[id]} ms`).join(', ')} of each ${interval} ms`);
 });
 
+test('a camera id used by two camera nodes is warned about, naming the other node; gone once a redeploy gives each its own', async () => {
+  const dirs = photoFolders(['first', 'second']);
+  const flow = (secondId) => [
+    { id: 'tab', type: 'tab' },
+    // A copied node keeps the default id, cam1: its frames would mix with the first one's.
+    { id: 'first', type: 'ml-camera', z: 'tab', name: 'belt camera', cameraId: '', source: dirs.first, interval: 0, wires: [[]] },
+    { id: 'second', type: 'ml-camera', z: 'tab', cameraId: '', cameras: `${secondId}=${dirs.second}`, interval: 0, wires: [[]] },
+  ];
+  const warnings = (id) => {
+    const spy = helper.log();
+    return spy.args.map((a) => a[0]).filter((e) => e && e.id === id && e.level === spy.WARN).map((e) => String(e.msg));
+  };
+  await loadFlow(helper, nodes, flow('cam1'));
+  assert.deepEqual(warnings('first'), []);
+  assert.deepEqual(warnings('second'), ['camera id "cam1" is also used by ml-camera "belt camera" (first): frames are told apart by camera id ' +
+    "(queues, routing, tracking, topics), so these cameras' frames mix; give each camera its own id"]);
+  // A "nodes" deploy restarts only the edited node: the first one's id is still known, the old second one's released.
+  helper.log().resetHistory();
+  await helper.setFlows(flow('belt2'), 'nodes');
+  await sleep(100);
+  assert.deepEqual([...warnings('first'), ...warnings('second')], [], 'no warning once the ids differ');
+  await helper.setFlows(flow('cam1'), 'nodes');
+  await until(() => warnings('second').length === 1, 2000, 'the warning again for the shared id');
+});
+
 test('a message captures from every camera of the list, or the one msg.camera names', async () => {
   const ids = ['belt1', 'belt2', 'belt3'];
   const dirs = photoFolders(ids);

@@ -119,3 +119,32 @@ function fromJson(text: string): ParsedEntry[] {
 export function describeCameras(cameras: CameraEntry[]): string {
   return cameras.map((c) => `${c.id} ${redactUrl(c.source)}`).join(', ');
 }
+
+/**
+ * Which camera ids the ml-camera nodes of this runtime use. Frames are told apart by their camera
+ * id alone (decode and inference queues, ml-route's agreement, ml-track's tracks, topics), so two
+ * nodes with the same id (a copied node keeps "cam1") would mix their frames without a word.
+ */
+export class CameraIdRegistry {
+  private readonly owners = new Map<string, string[]>();
+
+  /** Records `owner`'s ids; returns, per id already used by other owners, those owners. */
+  claim(owner: string, ids: string[]): { id: string; others: string[] }[] {
+    const shared: { id: string; others: string[] }[] = [];
+    for (const id of new Set(ids)) {
+      const users = this.owners.get(id) ?? [];
+      if (users.length) shared.push({ id, others: [...users] });
+      this.owners.set(id, [...users, owner]);
+    }
+    return shared;
+  }
+
+  /** Forgets `owner`'s ids (its node closed). */
+  release(owner: string): void {
+    for (const [id, users] of this.owners) {
+      const left = users.filter((u) => u !== owner);
+      if (left.length) this.owners.set(id, left);
+      else this.owners.delete(id);
+    }
+  }
+}

@@ -4,13 +4,16 @@
  */
 import { showError } from '../lib/node-status';
 import { describeReceived, errorMessage, Node, NodeAPI, NodeDef, NodeMessage, NodeStatus, SendFunction, textSetting } from '../lib/red-types';
-import { parseCameraList } from './camera-list';
+import { CameraIdRegistry, parseCameraList } from './camera-list';
 import { CameraHost, CameraRunner, CameraSettings, summariseCameras } from './camera-runner';
 import { CameraTiming, readCameraTiming } from './camera-settings';
 import { redactUrl } from './sources';
 
 /** A node with many cameras shows their summary at most this often (never once per frame). */
 const SUMMARY_EVERY_MS = 500;
+
+/** Camera ids in use by the ml-camera nodes of this runtime. */
+const cameraIds = new CameraIdRegistry();
 
 module.exports = function (RED: NodeAPI) {
   function MlCamera(this: Node, config: NodeDef) {
@@ -74,6 +77,14 @@ module.exports = function (RED: NodeAPI) {
       ? list.map((c) => new CameraRunner(c.id, c.source, settings, host(c.id)))
       : [new CameraRunner(textSetting(config.cameraId) || 'cam1', sourceSetting, settings, host(''))];
     const byId = new Map(runners.map((r) => [r.id, r]));
+    for (const { id, others } of cameraIds.claim(node.id, [...byId.keys()])) {
+      const names = others.map((other) => {
+        const named = RED.nodes.getNode(other) as Node | null;
+        return named?.name ? `"${named.name}" (${other})` : other;
+      });
+      node.warn(`camera id "${id}" is also used by ml-camera ${names.join(', ')}: frames are told apart by camera id ` +
+        '(queues, routing, tracking, topics), so these cameras\' frames mix; give each camera its own id');
+    }
     const prefix = (err: Error, runner: CameraRunner) => (many ? new Error(`camera ${runner.id}: ${err.message}`) : err);
 
     /** The cameras a message is for: msg.camera picks one of a list; otherwise all. */
@@ -140,6 +151,7 @@ module.exports = function (RED: NodeAPI) {
 
     node.on('close', (_removed: boolean, done: () => void) => {
       closed = true;
+      cameraIds.release(node.id);
       clearTimeout(summaryTimer);
       summaryTimer = undefined;
       // Every camera stops its ticks and closes its source; live ones once their ffmpeg has exited.
