@@ -909,7 +909,7 @@ campaign({
       good: spoolDelivered('torn'),
       handled: () => until(() => ['spool/torn/1', 'spool/torn/2'].every((t) => sub.messages.some((m) => m.topic === t)), 10_000, 'the two whole records delivered') },
     { name: 'a damaged delivery mark', node: 'sp_cursor', from: 'sc_cursor', warn: /the delivery mark delivered is damaged \(.*\); messages still in the spool may be sent again/, good: spoolDelivered('cursor') },
-    { name: 'a lock left by a process that has ended', node: 'sp_stale', from: 'sc_stale', warn: /took over the spool folder .* from process 999999999, which has ended/, good: spoolDelivered('stale') },
+    { name: 'a lock left by a process that has ended', node: 'sp_stale', from: 'sc_stale', warn: /took over the spool folder .* from process 999999999: it has ended/, good: spoolDelivered('stale') },
     { name: 'a lock held by a live process', node: 'sp_held', from: 'sc_held',
       logError: /the spool folder cannot be used: spool folder .* is in use by process 1 on .*: give each connection and each Node-RED its own spool folder; results are sent without it while connected/,
       good: spoolDelivered('held') },

@@ -136,6 +136,68 @@ test('results spooled while the broker is down survive a Node-RED restart and go
   }
 });
 
+test('certificate files that appear only after the start (provisioning) are picked up: results spooled meanwhile go out', async () => {
+  const certs = makeCertificates(tmpDir('gg-certs-'));
+  const port = await freePort();
+  const broker = await tlsBroker(certs, port);
+  const sub = await tlsSubscriber(broker, certs);
+  const provisioned = tmpDir('gg-provisioned-'); // empty until the "provisioning script" runs
+  const at = (f) => path.join(provisioned, path.basename(f));
+  try {
+    await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: `mqtts://127.0.0.1:${port}`, caFile: at(certs.ca), certFile: at(certs.clientCert), keyFile: at(certs.clientKey), spoolDir: tmpDir('gg-spool-') }));
+    const conn = helper.getNode('conn');
+    await until(() => conn.state === 'disconnected', 5000, 'a connection failure, not a dead connection');
+    assert.match(conn.lastError, /cannot set up TLS for mqtts:\/\/127\.0\.0\.1:\d+: .* \(check the certificate, key and CA file paths\)/);
+    for (let n = 1; n <= 3; n++) {
+      const accepted = nextMessage(helper.getNode('sent'));
+      helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+      await accepted;
+    }
+    assert.equal(conn.queued, 3, 'accepted into the spool while TLS cannot be set up');
+    for (const f of [certs.ca, certs.clientCert, certs.clientKey]) fs.copyFileSync(f, at(f));
+    await until(() => sub.messages.length >= 3, 20_000, 'the spooled results once the files are there');
+    assert.deepEqual(sub.messages.map((m) => JSON.parse(m.payload).n), [1, 2, 3]);
+    assert.equal(conn.state, 'connected');
+  } finally {
+    await sub.close();
+    await helper.unload();
+    await broker.close();
+  }
+});
+
+test('a spool folder held by another process is taken into use once that process lets go', async () => {
+  const os = require('os');
+  const broker = await startMosquitto();
+  const spoolDir = tmpDir('gg-spool-');
+  const lock = path.join(spoolDir, 'spool.lock');
+  const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  // Another Node-RED on this machine (this test's parent process stands in for it) holds the folder.
+  fs.writeFileSync(lock, JSON.stringify({ pid: process.ppid, host: os.hostname(), boot: bootId, since: 'earlier' }));
+  const logged = (level, pattern) => {
+    const spy = helper.log();
+    return spy.args.map((a) => a[0]).filter((e) => e && e.id === 'conn' && e.level === spy[level] && pattern.test(String(e.msg)));
+  };
+  try {
+    await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: broker.url, spoolDir }));
+    const conn = helper.getNode('conn');
+    await until(() => conn.state === 'connected', 10_000, 'the connection');
+    const sent = nextMessage(helper.getNode('sent'));
+    helper.getNode('pub').receive({ payload: { n: 1 }, frame: { camera: 'belt1' } });
+    await sent;
+    assert.equal(logged('ERROR', /the spool folder cannot be used: .* in use by process \d+ .* and it is tried again/).length, 1);
+    // The other process ends and removes its lock: the next retry (2 s, then 4 s, ...) takes the folder.
+    await sleep(2500);
+    assert.equal(logged('ERROR', /the spool folder cannot be used/).length, 1, 'said once, not at every retry');
+    fs.rmSync(lock);
+    await until(() => logged('INFO', /the spool folder .* is in use now/).length === 1, 10_000, 'the spool taken into use');
+    assert.equal(JSON.parse(fs.readFileSync(lock, 'utf8')).pid, process.pid);
+  } finally {
+    await helper.unload();
+    await broker.close();
+  }
+  assert.ok(!fs.existsSync(lock), 'released at close');
+});
+
 /**
  * A TCP proxy that delays both directions (a broker far away, as AWS IoT Core is from a plant) and
  * reads the MQTT fixed headers going through (MQTT 5.0 section 2.1: packet type in the high nibble of

@@ -8,7 +8,7 @@ const fs = require('fs');
 const path = require('path');
 const { spawnSync } = require('child_process');
 const { tmpDir, sleep, until } = require('./helpers');
-const { DiskSpool, SpoolDrainer, RefusedError } = require('../nodes/greengrass-connection/spool');
+const { DiskSpool, SpoolDrainer, RefusedError, LOCK_REFRESH_MS, LOCK_STALE_MS } = require('../nodes/greengrass-connection/spool');
 
 const LIMITS = { maxMessages: 1000, maxBytes: 1e9 };
 const message = (n, extra = {}) => ({ topic: `t/${n}`, payload: JSON.stringify({ n }), qos: 1, at: n, ...extra });
@@ -327,6 +327,56 @@ test('one folder, one owner: a second spool is refused by name, a dead owner\'s 
   assert.match(warnings.join('\n'), new RegExp(`took over the spool folder .* from process ${ended}`));
   await taken.close();
   assert.ok(!fs.existsSync(path.join(dir, 'spool.lock')));
+});
+
+test('a lock from before a reboot, or one its owner stopped refreshing, is taken over; a fresh one from another host is not', async () => {
+  const os = require('os');
+  const dir = tmpDir('spool-');
+  const lock = path.join(dir, 'spool.lock');
+  const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  const writeLock = (holder, idleMs = 0) => {
+    fs.writeFileSync(lock, JSON.stringify({ since: 'earlier', ...holder }));
+    const at = new Date(Date.now() - idleMs);
+    fs.utimesSync(lock, at, at);
+  };
+  // After a power cut the old pid may be taken by another process (here: this test's parent, alive).
+  writeLock({ pid: process.ppid, host: os.hostname(), boot: 'an-earlier-boot' });
+  let opened = await openSpool(dir);
+  assert.match(opened.warnings.join('\n'), new RegExp(`from process ${process.ppid}: it ran before this machine restarted`));
+  const written = JSON.parse(fs.readFileSync(lock, 'utf8'));
+  assert.deepEqual([written.pid, written.host, written.boot], [process.pid, os.hostname(), bootId], 'our lock names host, boot and pid');
+  await opened.spool.close();
+
+  // The same boot and a live pid: in use, unless the owner has not touched its lock for a while.
+  writeLock({ pid: process.ppid, host: os.hostname(), boot: bootId });
+  await assert.rejects(new DiskSpool(dir, LIMITS).open(), new RegExp(`in use by process ${process.ppid}`));
+  writeLock({ pid: process.ppid, host: os.hostname(), boot: bootId }, LOCK_STALE_MS + 5000);
+  opened = await openSpool(dir);
+  assert.match(opened.warnings.join('\n'), /its lock was last refreshed \d+ s ago/);
+  await opened.spool.close();
+
+  // Another host (a second device on a shared folder, or this container before it was recreated):
+  // its pids mean nothing here, so only the refresh tells.
+  writeLock({ pid: 1, host: 'another-host', boot: bootId });
+  await assert.rejects(new DiskSpool(dir, LIMITS).open(), /in use by process 1 on another-host since earlier/);
+  writeLock({ pid: 1, host: 'another-host', boot: bootId }, LOCK_STALE_MS + 5000);
+  opened = await openSpool(dir);
+  assert.match(opened.warnings.join('\n'), /from process 1: its lock was last refreshed/);
+  await opened.spool.close();
+});
+
+test('the owner refreshes its lock while the spool is open', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval'] });
+  const dir = tmpDir('spool-');
+  const lock = path.join(dir, 'spool.lock');
+  const { spool } = await openSpool(dir);
+  const old = new Date(Date.now() - LOCK_STALE_MS - 5000);
+  fs.utimesSync(lock, old, old);
+  t.mock.timers.tick(LOCK_REFRESH_MS);
+  await until(() => Date.now() - fs.statSync(lock).mtimeMs < LOCK_STALE_MS, 2000, 'the lock touched again');
+  await assert.rejects(new DiskSpool(dir, LIMITS).open(), /already used by another connection in this Node-RED/);
+  await spool.close();
+  assert.ok(!fs.existsSync(lock));
 });
 
 test('expired messages are dropped unsent and counted', async () => {

@@ -7,6 +7,7 @@
 import { EventEmitter } from 'events';
 import * as os from 'os';
 import * as path from 'path';
+import { Backoff } from '../lib/backoff';
 import { shareAmongUsers, SharedResourceNode } from '../lib/shared-resource';
 import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 import { chooseTransport, IpcTransport } from './ipc-transport';
@@ -84,6 +85,10 @@ module.exports = function (RED: NodeAPI) {
     let spoolReady: Promise<void> | undefined;
     /** Why the spool cannot be used (its folder is not writable, another process holds it). */
     let spoolError: string | undefined;
+    let spoolRetry: NodeJS.Timeout | undefined;
+    /** Between start() and stop(): an open or retry finishing after stop() leaves the spool alone. */
+    let running = false;
+    const spoolBackoff = new Backoff(2000, 60_000, 2);
     let maxPayloadSetting: number | undefined;
     try {
       transportName = chooseTransport(textSetting(config.transport));
@@ -164,19 +169,35 @@ module.exports = function (RED: NodeAPI) {
       events.emit('state', state, error);
     });
 
+    /** Opens the spool; while it cannot be (another process holds the folder, a disk not mounted yet), again with back-off. */
+    function openSpool(): Promise<void> {
+      return spool!.open().then(() => {
+        if (!running) return; // stop() closes it
+        if (spoolError) node.log(`the spool folder ${spool!.dir} is in use now`);
+        spoolError = undefined;
+        spoolBackoff.reset();
+        queueChanged();
+        if (spool!.length) node.log(`${spool!.length} results from before the restart are queued in ${spool!.dir}`);
+        drainer!.start();
+      }, (err) => {
+        if (!running) return;
+        const problem = `the spool folder cannot be used: ${errorMessage(err)}`;
+        // Said once per cause, not at every retry.
+        if (problem !== spoolError) node.error(`${problem}; results are sent without it while connected, and it is tried again`);
+        spoolError = problem;
+        spoolRetry = setTimeout(() => {
+          spoolRetry = undefined;
+          spoolReady = openSpool();
+        }, spoolBackoff.next());
+      });
+    }
+
     function start() {
       if (!transport || configError) return;
+      running = true;
       if (spool) {
         spoolError = undefined;
-        const opening = spool.open();
-        spoolReady = opening.then(() => {
-          queueChanged();
-          if (spool!.length) node.log(`${spool!.length} results from before the restart are queued in ${spool!.dir}`);
-          drainer!.start();
-        }, (err) => {
-          spoolError = `the spool folder cannot be used: ${errorMessage(err)}`;
-          node.error(`${spoolError}; results are sent without it while connected`);
-        });
+        spoolReady = openSpool();
       }
       try {
         transport.start();
@@ -190,7 +211,10 @@ module.exports = function (RED: NodeAPI) {
     }
 
     async function stop() {
+      running = false;
       drainer?.stop();
+      clearTimeout(spoolRetry);
+      spoolRetry = undefined;
       await spoolReady;
       await Promise.all([
         transport?.stop(),

@@ -80,6 +80,9 @@ export class MqttTransport extends EventEmitter {
   state: ConnectionState = 'stopped';
   lastError?: string;
   private client?: ClientAdapter;
+  /** The next attempt to set up TLS, after it failed. */
+  private tlsRetry?: NodeJS.Timeout;
+  private readonly tlsBackoff = new Backoff(1000, 30_000, 2);
 
   constructor(private readonly options: MqttOptions) {
     super();
@@ -105,13 +108,22 @@ export class MqttTransport extends EventEmitter {
   }
 
   start(): void {
-    if (this.client) return;
+    if (this.client || this.tlsRetry) return;
     let tlsCtx: io.ClientTlsContext | undefined;
     try {
       tlsCtx = this.tlsContext();
     } catch (err) {
-      throw new Error(`cannot set up TLS for ${this.description}: ${(err as Error).message} (check the certificate, key and CA file paths)`);
+      // The files may not be there yet (a provisioning script, a certificate rotation): a connection
+      // failure like any other, retried, with results waiting in the spool meanwhile.
+      this.lastError = `cannot set up TLS for ${this.description}: ${(err as Error).message} (check the certificate, key and CA file paths)`;
+      this.setState('disconnected');
+      this.tlsRetry = setTimeout(() => {
+        this.tlsRetry = undefined;
+        this.start();
+      }, this.tlsBackoff.next());
+      return;
     }
+    this.tlsBackoff.reset();
     const onState: StateListener = (state, error) => {
       if (state === 'connected') this.lastError = undefined;
       else if (error) this.lastError = error;
@@ -132,7 +144,9 @@ export class MqttTransport extends EventEmitter {
 
   async publish(message: OutgoingMessage): Promise<void> {
     const client = this.client;
-    if (!client) throw new Error(`connection to ${this.description} is not started`);
+    if (!client) {
+      throw new Error(this.tlsRetry ? `not connected to ${this.description}: ${this.lastError}` : `connection to ${this.description} is not started`);
+    }
     if (this.state !== 'connected') {
       throw new Error(`not connected to ${this.description}${this.lastError ? `: ${this.lastError}` : ''}`);
     }
@@ -141,9 +155,14 @@ export class MqttTransport extends EventEmitter {
 
   /** Stops the client and frees its native resources. */
   async stop(): Promise<void> {
+    clearTimeout(this.tlsRetry);
+    this.tlsRetry = undefined;
     const client = this.client;
     this.client = undefined;
-    if (!client) return;
+    if (!client) {
+      this.setState('stopped'); // after a failed TLS set-up
+      return;
+    }
     await client.stop();
     this.setState('stopped');
   }

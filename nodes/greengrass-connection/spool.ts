@@ -6,14 +6,17 @@
  *   message counts as accepted only once it is on disk, without one fsync per message;
  * - `delivered` holds the highest sequence number that has left the spool (written atomically and
  *   lazily: after a crash a few delivered messages may go again, which at-least-once allows);
- * - `spool.lock` names the one process that owns the folder;
+ * - `spool.lock` names the one process that owns the folder (host, boot, pid) and is touched every
+ *   LOCK_REFRESH_MS while it does: a lock from an earlier boot, or one nobody touched for
+ *   LOCK_STALE_MS, is stale (after a power cut the old pid may belong to another process, and a
+ *   recreated container has another host name);
  * - `quarantine/` keeps damaged files for a person to look at, `dead-letter/` the messages a server
  *   refused for good, one JSON file each with the reason.
  *
  * Bounded by count and bytes: when full the oldest messages are dropped (and counted), since on a
  * sorter the newest results matter most and the limit keeps the disk from filling up.
  */
-import { promises as fs } from 'fs';
+import { promises as fs, readFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
@@ -92,6 +95,9 @@ const SEGMENT_TARGET_BYTES = 4 * 1024 * 1024;
 const MAX_RECORD_BYTES = 512 * 1024 * 1024;
 const CURSOR_FILE = 'delivered';
 const LOCK_FILE = 'spool.lock';
+/** How often the owner touches its lock, and after how long without a touch a lock is stale. */
+export const LOCK_REFRESH_MS = 10_000;
+export const LOCK_STALE_MS = 45_000;
 const QUARANTINE = 'quarantine';
 const DEAD_LETTER = 'dead-letter';
 const CURSOR_WRITE_DELAY_MS = 200;
@@ -168,6 +174,16 @@ function isErrno(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException)?.code === code;
 }
 
+/** This boot of the kernel (Linux), or '' where it cannot be told. */
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+const BOOT_ID = bootId();
+
 function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -175,6 +191,25 @@ function processAlive(pid: number): boolean {
   } catch (err) {
     return isErrno(err, 'EPERM'); // exists, owned by someone else
   }
+}
+
+/**
+ * Why a lock that another spool wrote no longer holds (a reason to take it over), or '' while its
+ * owner may still be there. `idleMs`: since the owner last touched it.
+ */
+export function staleLock(holder: { pid?: unknown; host?: unknown; boot?: unknown }, idleMs: number): string {
+  const pid = typeof holder.pid === 'number' && Number.isSafeInteger(holder.pid) && holder.pid > 0 ? holder.pid : 0;
+  if (!pid) return 'its lock file is unreadable (a crash while writing it)';
+  const sameHost = holder.host === os.hostname();
+  // Our own pid in a lock we do not hold is a restart that reused the pid (pid 1 in a container).
+  if (sameHost && pid === process.pid) return 'it had our process id, so it ended before we started';
+  if (sameHost && BOOT_ID && typeof holder.boot === 'string' && holder.boot && holder.boot !== BOOT_ID) {
+    return 'it ran before this machine restarted';
+  }
+  // Also what tells for other hosts (a container recreated under a new name), whose pids mean nothing here.
+  if (idleMs > LOCK_STALE_MS) return `its lock was last refreshed ${Math.round(idleMs / 1000)} s ago`;
+  if (sameHost && !processAlive(pid)) return 'it has ended';
+  return '';
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -224,6 +259,7 @@ export class DiskSpool implements SpoolCounters {
   private flushing?: Promise<void>;
   private state: 'closed' | 'opening' | 'open' = 'closed';
   private holdsLock = false;
+  private lockRefresh?: NodeJS.Timeout;
 
   constructor(readonly dir: string, private readonly limits: SpoolLimits) {
     this.dir = path.resolve(dir);
@@ -284,34 +320,46 @@ export class DiskSpool implements SpoolCounters {
         await fs.writeFile(file, me, { flag: 'wx', mode: 0o600 });
         lockedHere.add(this.dir);
         this.holdsLock = true;
+        this.lockRefresh = setInterval(() => this.touchLock(), LOCK_REFRESH_MS).unref();
         return;
       } catch (err) {
         if (!isErrno(err, 'EEXIST')) throw err;
       }
-      let holder: { pid?: unknown; host?: unknown; since?: unknown } = {};
+      let holder: { pid?: unknown; host?: unknown; boot?: unknown; since?: unknown } = {};
+      let touchedAt = 0;
       try {
+        touchedAt = (await fs.stat(file)).mtimeMs;
         holder = JSON.parse(await fs.readFile(file, 'utf8'));
       } catch {
         /* unreadable: a crash while writing it; take it over */
       }
-      const pid = typeof holder.pid === 'number' ? holder.pid : 0;
-      const sameHost = holder.host === os.hostname();
-      // Our own pid in a lock we do not hold is a restart that reused the pid (pid 1 in a container).
-      if (pid && pid !== process.pid && (!sameHost || processAlive(pid))) {
-        throw new Error(`spool folder ${this.dir} is in use by process ${pid} on ${String(holder.host)} since ${String(holder.since)}: give each connection and each Node-RED its own spool folder`);
+      const why = staleLock(holder, Date.now() - touchedAt);
+      if (!why) {
+        throw new Error(`spool folder ${this.dir} is in use by process ${String(holder.pid)} on ${String(holder.host)} since ${String(holder.since)}: give each connection and each Node-RED its own spool folder`);
       }
-      this.onWarning(`took over the spool folder ${this.dir} from process ${pid || '?'}, which has ended`);
+      this.onWarning(`took over the spool folder ${this.dir} from process ${typeof holder.pid === 'number' ? holder.pid : '?'}: ${why}`);
       await fs.rm(file, { force: true });
     }
     throw new Error(`cannot lock the spool folder ${this.dir}`);
   }
 
   private lockContent(): string {
-    return JSON.stringify({ pid: process.pid, host: os.hostname(), since: new Date().toISOString() });
+    return JSON.stringify({ pid: process.pid, host: os.hostname(), boot: BOOT_ID, since: new Date().toISOString() });
+  }
+
+  /** Tells other processes that the owner is still there (see staleLock). */
+  private touchLock(): void {
+    const now = new Date();
+    fs.utimes(path.join(this.dir, LOCK_FILE), now, now).catch((err) => {
+      // A folder deleted while in use is made again, lock included, by the next write (startSegment).
+      if (!isErrno(err, 'ENOENT')) this.onWarning(`cannot refresh the spool lock in ${this.dir}: ${(err as Error).message}`);
+    });
   }
 
   private async releaseLock(): Promise<void> {
     if (!this.holdsLock) return;
+    clearInterval(this.lockRefresh);
+    this.lockRefresh = undefined;
     this.holdsLock = false;
     lockedHere.delete(this.dir);
     await fs.rm(path.join(this.dir, LOCK_FILE), { force: true }).catch(() => undefined);
