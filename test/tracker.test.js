@@ -137,6 +137,21 @@ test('cameras are tracked apart; frames older than the camera\'s last are not tr
   assert.throws(() => t.update({ ...frame(4, []), width: undefined }), /the counting line is a fraction of the frame's width, so the frame's size is needed, but it is undefined/);
 });
 
+test('a clock set back mid-belt (NTP correcting a clock that ran fast) goes on tracking and counts the item once', () => {
+  const t = tracker();
+  const HOUR = 3600_000;
+  // Frames 1-3 on a clock an hour fast, 4-9 on the corrected one: later frames, earlier times.
+  const frames = framesOf(along('metal', 0.9, 200, [1, 2, 3, 4, 5, 6, 7, 8, 9]))
+    .map((f) => (f.seq <= 3 ? { ...f, at: f.at + HOUR, capturedAt: new Date(f.at + HOUR).toISOString() } : f));
+  const { counted, updates } = run(t, frames);
+  assert.ok(updates.every((u) => !u.stale), 'no frame is dropped as late');
+  assert.ok(updates.every((u) => u.trackOf[0] === 1), 'one track across the clock change');
+  assert.equal(counted.length, 1);
+  assert.equal(counted[0].frameSeq, 5);
+  // A frame that really came late (an earlier seq) is still not tracked.
+  assert.equal(t.update({ ...frame(8, [['metal', 0.9, 500, 200]]) }).stale, true);
+});
+
 test('memory is bounded: tracks per camera and cameras', () => {
   const t = tracker({ maxTracks: 5, maxCameras: 3 });
   const crowd = Array.from({ length: 8 }, (_, i) => ['trash', 0.5, 10 + 75 * i, 10]);

@@ -93,6 +93,10 @@ interface CameraState {
   tracks: Track[];
   nextId: number;
   lastAt: number;
+  /** frame.seq of the camera's latest frame (0: not known). */
+  lastSeq: number;
+  /** The latest time between two of its frames (ms), for a frame after the clock was set back. */
+  interval: number;
   /** Mean velocity of the camera's moving tracks: the belt's (pixels per ms). */
   belt?: Point;
 }
@@ -193,8 +197,20 @@ export class Tracker {
     const { options } = this;
     const line = options.mode === 'line' ? this.linePixels(frame) : undefined;
     const state = this.camera(frame.camera, frame.at);
-    if (frame.at < state.lastAt) return { trackOf: frame.detections.map(() => undefined), tracks: this.describe(state), counted: [], stale: true };
+    if (frame.at < state.lastAt) {
+      // A later frame of the camera taken "before" its previous one: the clock was set back (NTP
+      // correcting a clock that ran fast). Its tracks move to the new clock, or nothing would be
+      // tracked until the clock caught up. Without a later seq it is a frame that came late.
+      if (!(frame.seq > state.lastSeq && state.lastSeq > 0)) {
+        return { trackOf: frame.detections.map(() => undefined), tracks: this.describe(state), counted: [], stale: true };
+      }
+      const shift = frame.at - state.interval - state.lastAt;
+      for (const track of state.tracks) track.seenAt += shift;
+      state.lastAt += shift;
+    }
+    if (frame.at > state.lastAt) state.interval = frame.at - state.lastAt;
     state.lastAt = frame.at;
+    state.lastSeq = frame.seq;
 
     const order = frame.detections.map((_, i) => i)
       .sort((a, b) => frame.detections[b].score - frame.detections[a].score)
@@ -275,7 +291,7 @@ export class Tracker {
         for (const [id, s] of this.cameras) if (s.lastAt < silentAt) { silent = id; silentAt = s.lastAt; }
         this.cameras.delete(silent!);
       }
-      state = { tracks: [], nextId: 1, lastAt: at };
+      state = { tracks: [], nextId: 1, lastAt: at, lastSeq: 0, interval: 0 };
       this.cameras.set(camera, state);
     }
     return state;
