@@ -4,7 +4,7 @@ const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { parseCameraList, cameraIdProblem } = require('../nodes/ml-camera/camera-list');
 const { phaseOffset, stableHash, nextTickAt, TickSchedule } = require('../nodes/ml-camera/tick-schedule');
-const { summariseCameras } = require('../nodes/ml-camera/camera-runner');
+const { summariseCameras, isLiveSetting } = require('../nodes/ml-camera/camera-runner');
 const { RateMeter } = require('../nodes/lib/frame-queue');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -137,3 +137,11 @@ test('the status of many cameras counts them, names those offline, and adds up t
   assert.equal(summariseCameras([busy, cam('b', 'finished')], 10_000).text, '2 cameras · 1 online · 1 finished · 2.1 fps');
 });
 
+
+test('live sources connect at deploy: RTSP, MJPEG and V4L2 devices, by number or by their stable /dev/v4l names', () => {
+  for (const source of ['rtsp://10.0.0.21/stream1', 'http://cam/video.mjpg', '/dev/video0', '/dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920-video-index0', '/dev/v4l/by-path/platform-xhci-hcd.0-usb-0:1:1.0-video-index0']) {
+    assert.equal(isLiveSetting('auto', source), true, source);
+  }
+  for (const source of ['/data/photos', 'http://cam/snapshot.jpg', '']) assert.equal(isLiveSetting('auto', source), false, source);
+  assert.equal(isLiveSetting('v4l2', '/dev/v4l/by-id/x'), true);
+});

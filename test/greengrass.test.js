@@ -165,6 +165,14 @@ test('certificate files that appear only after the start (provisioning) are pick
   }
 });
 
+test('certificate files with a plain mqtt:// broker URL are warned about: they would not be used', async () => {
+  const port = await freePort();
+  await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: `mqtt://127.0.0.1:${port}`, certFile: 'device.pem.crt', keyFile: 'private.pem.key', spool: false }));
+  const spy = helper.log();
+  const warnings = spy.args.map((a) => a[0]).filter((e) => e && e.id === 'conn' && e.level === spy.WARN).map((e) => String(e.msg));
+  assert.deepEqual(warnings, [`the CA, certificate and key files are not used: the broker URL mqtt://127.0.0.1:${port} is plain TCP; use mqtts:// for TLS`]);
+});
+
 test('a spool folder held by another process is taken into use once that process lets go', async () => {
   const os = require('os');
   const broker = await startMosquitto();

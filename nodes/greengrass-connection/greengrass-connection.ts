@@ -11,7 +11,7 @@ import { Backoff } from '../lib/backoff';
 import { shareAmongUsers, SharedResourceNode } from '../lib/shared-resource';
 import { errorMessage, Node, NodeAPI, NodeDef, numberSetting, textSetting } from '../lib/red-types';
 import { chooseTransport, IpcTransport } from './ipc-transport';
-import { ConnectionState, DEFAULT_BROKER_URL, MqttTransport, parseProtocol } from './mqtt-transport';
+import { ConnectionState, DEFAULT_BROKER_URL, MqttTransport, parseBrokerUrl, parseProtocol } from './mqtt-transport';
 import { checkOutgoing, OutgoingCheck } from './outgoing';
 import { DiskSpool, SpooledMessage, SpoolDrainer } from './spool';
 
@@ -107,6 +107,10 @@ module.exports = function (RED: NodeAPI) {
           keyFile: resolveFile(config.keyFile),
           keepAliveSeconds: numberSetting(config.keepalive, 30, { min: 1, max: 65535, name: 'keepalive' }),
         });
+      const tlsFiles = [config.caFile, config.certFile, config.keyFile].filter((f) => textSetting(f));
+      if (transportName === 'mqtt' && tlsFiles.length && !parseBrokerUrl(url).tls) {
+        node.warn(`the CA, certificate and key files are not used: the broker URL ${url} is plain TCP; use mqtts:// for TLS`);
+      }
       if (config.spool !== false && textSetting(config.spool) !== 'false') {
         const dir = resolveFile(config.spoolDir) ?? path.join(userDir, 'greengrass-spool', node.id.replace(/[^\w.-]/g, '_'));
         spool = new DiskSpool(dir, {

@@ -50,7 +50,8 @@ export type CameraHealth = 'starting' | 'online' | 'offline' | 'stopped' | 'fini
 /** Whether a source setting names a live camera (connected at deploy, so the first tick has a frame). */
 export function isLiveSetting(sourceType: string, source: string): boolean {
   if (['rtsp', 'v4l2', 'mjpeg'].includes(sourceType)) return true;
-  return sourceType === 'auto' && (/^(rtsps?:|\/dev\/video)/i.test(source) || (/^https?:/i.test(source) && looksLikeMjpeg(source)));
+  // (as detectSourceType tells them: /dev/v4l/by-id/... names a USB camera that keeps its name across ports)
+  return sourceType === 'auto' && (/^(rtsps?:|\/dev\/video|\/dev\/v4l\/)/i.test(source) || (/^https?:/i.test(source) && looksLikeMjpeg(source)));
 }
 
 export class CameraRunner {

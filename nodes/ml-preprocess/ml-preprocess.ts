@@ -33,11 +33,13 @@ module.exports = function (RED: NodeAPI) {
       showError(node, 'invalid settings');
       node.error(configError);
     }
-    if (config.model && !model) {
+    if (config.model && !model && config.settingsFrom !== 'dialog') {
       configError = 'the selected ml-model config node is missing';
       showError(node, 'no model');
     }
-    if (model) model.register(node);
+    // Registered only when its settings are used: a registered user keeps the model loaded.
+    const modelUser = useModelSettings ? model : null;
+    if (modelUser) modelUser.register(node);
     const statusThrottle = new StatusThrottle(node);
     let superseded = 0;
 
@@ -100,7 +102,7 @@ module.exports = function (RED: NodeAPI) {
 
     node.on('close', (removed: boolean, done: () => void) => {
       statusThrottle.stop();
-      if (model) model.deregister(node, done, removed);
+      if (modelUser) modelUser.deregister(node, done, removed);
       else done();
     });
   }
