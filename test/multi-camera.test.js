@@ -113,11 +113,11 @@ test('separate camera nodes deployed together tick on their own phases too', asy
 
 test('a camera id used by two camera nodes is warned about, naming the other node; gone once a redeploy gives each its own', async () => {
   const dirs = photoFolders(['first', 'second']);
-  const flow = (secondId) => [
+  const flow = (secondId, secondNode = 'second') => [
     { id: 'tab', type: 'tab' },
     // A copied node keeps the default id, cam1: its frames would mix with the first one's.
     { id: 'first', type: 'ml-camera', z: 'tab', name: 'belt camera', cameraId: '', source: dirs.first, interval: 0, wires: [[]] },
-    { id: 'second', type: 'ml-camera', z: 'tab', cameraId: '', cameras: `${secondId}=${dirs.second}`, interval: 0, wires: [[]] },
+    { id: secondNode, type: 'ml-camera', z: 'tab', cameraId: '', cameras: `${secondId}=${dirs.second}`, interval: 0, wires: [[]] },
   ];
   const warnings = (id) => {
     const spy = helper.log();
@@ -132,8 +132,10 @@ test('a camera id used by two camera nodes is warned about, naming the other nod
   await helper.setFlows(flow('belt2'), 'nodes');
   await sleep(100);
   assert.deepEqual([...warnings('first'), ...warnings('second')], [], 'no warning once the ids differ');
-  await helper.setFlows(flow('cam1'), 'nodes');
-  await until(() => warnings('second').length === 1, 2000, 'the warning again for the shared id');
+  // The second node deleted and a third added with cam1: only the first one is named (ids of closed nodes are released).
+  await helper.setFlows(flow('cam1', 'third'), 'nodes');
+  await until(() => warnings('third').length === 1, 2000, 'the warning again for the shared id');
+  assert.match(warnings('third')[0], /^camera id "cam1" is also used by ml-camera "belt camera" \(first\): /);
 });
 
 test('a message captures from every camera of the list, or the one msg.camera names', async () => {

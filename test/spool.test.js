@@ -365,6 +365,59 @@ test('a lock from before a reboot, or one its owner stopped refreshing, is taken
   await opened.spool.close();
 });
 
+test('pids compare only within one pid namespace; a half-written lock is in use until it is old', async () => {
+  const os = require('os');
+  const dir = tmpDir('spool-');
+  const lock = path.join(dir, 'spool.lock');
+  const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  const writeLock = (content, idleMs = 0) => {
+    fs.writeFileSync(lock, content);
+    const at = new Date(Date.now() - idleMs);
+    fs.utimesSync(lock, at, at);
+  };
+  const ended = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString());
+  // Another container with the same host name: its pid (ours, or one that does not exist here) says nothing.
+  for (const pid of [process.pid, ended]) {
+    writeLock(JSON.stringify({ pid, host: os.hostname(), boot: bootId, pidns: 'pid:[1]', since: 'earlier' }));
+    await assert.rejects(new DiskSpool(dir, LIMITS).open(), new RegExp(`in use by process ${pid}`));
+  }
+  // The same pid namespace: the pid tells at once.
+  const pidns = fs.readlinkSync('/proc/self/ns/pid');
+  writeLock(JSON.stringify({ pid: ended, host: os.hostname(), boot: bootId, pidns, since: 'earlier' }));
+  let opened = await openSpool(dir);
+  assert.match(opened.warnings.join('\n'), new RegExp(`from process ${ended}: it has ended`));
+  await opened.spool.close();
+  // A lock cut short (an older version's crash while writing it, or one being written).
+  writeLock('{"pid": 12');
+  await assert.rejects(new DiskSpool(dir, LIMITS).open(), /in use by process undefined/);
+  writeLock('{"pid": 12', LOCK_STALE_MS + 5000);
+  opened = await openSpool(dir);
+  assert.match(opened.warnings.join('\n'), /from process \?: its lock file is unreadable/);
+  await opened.spool.close();
+  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('spool.lock')), [], 'nothing left of the locks');
+});
+
+test('a lock deleted while in use is made again; one another process took over is left to it, with a warning', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval'] });
+  const dir = tmpDir('spool-');
+  const lock = path.join(dir, 'spool.lock');
+  const { spool, warnings } = await openSpool(dir);
+  const ours = fs.readFileSync(lock, 'utf8');
+  fs.rmSync(lock);
+  t.mock.timers.tick(LOCK_REFRESH_MS);
+  await until(() => fs.existsSync(lock), 2000, 'the lock made again');
+  assert.equal(fs.readFileSync(lock, 'utf8'), ours);
+  const theirs = JSON.stringify({ pid: 1, host: 'another-host', since: 'later' });
+  fs.writeFileSync(lock, theirs);
+  t.mock.timers.tick(LOCK_REFRESH_MS);
+  await until(() => warnings.some((w) => /another process took over the spool folder/.test(w)), 2000, 'the warning');
+  t.mock.timers.tick(LOCK_REFRESH_MS);
+  await sleep(50);
+  assert.equal(warnings.filter((w) => /another process took over/.test(w)).length, 1, 'said once');
+  await spool.close();
+  assert.equal(fs.readFileSync(lock, 'utf8'), theirs, 'their lock is not removed at close');
+});
+
 test('the owner refreshes its lock while the spool is open', async (t) => {
   t.mock.timers.enable({ apis: ['setInterval'] });
   const dir = tmpDir('spool-');

@@ -150,6 +150,11 @@ test('a clock set back mid-belt (NTP correcting a clock that ran fast) goes on t
   assert.equal(counted[0].frameSeq, 5);
   // A frame that really came late (an earlier seq) is still not tracked.
   assert.equal(t.update({ ...frame(8, [['metal', 0.9, 500, 200]]) }).stale, true);
+  // Nor is one with a later seq but only a little earlier (a restarted camera's seq 1 overtaken by an old frame).
+  const restarted = tracker();
+  restarted.update(frame(1, [['glass', 0.9, 100, 100]]));
+  restarted.update(frame(2, [['glass', 0.9, 160, 100]]));
+  assert.equal(restarted.update({ ...frame(40, [['glass', 0.9, 130, 100]]), at: T0 + 1700 }).stale, true);
 });
 
 test('memory is bounded: tracks per camera and cameras', () => {

@@ -201,6 +201,7 @@ module.exports = function (RED: NodeAPI) {
       running = true;
       if (spool) {
         spoolError = undefined;
+        spoolBackoff.reset();
         spoolReady = openSpool();
       }
       try {

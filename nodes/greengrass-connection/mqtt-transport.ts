@@ -157,6 +157,7 @@ export class MqttTransport extends EventEmitter {
   async stop(): Promise<void> {
     clearTimeout(this.tlsRetry);
     this.tlsRetry = undefined;
+    this.tlsBackoff.reset();
     const client = this.client;
     this.client = undefined;
     if (!client) {

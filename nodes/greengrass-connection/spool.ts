@@ -16,7 +16,7 @@
  * Bounded by count and bytes: when full the oldest messages are dropped (and counted), since on a
  * sorter the newest results matter most and the limit keeps the disk from filling up.
  */
-import { promises as fs, readFileSync } from 'fs';
+import { promises as fs, readFileSync, readlinkSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
@@ -184,6 +184,16 @@ function bootId(): string {
 }
 const BOOT_ID = bootId();
 
+/** This process's pid namespace (Linux), or '': pids of a lock are only comparable within one. */
+function pidNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}
+const PID_NAMESPACE = pidNamespace();
+
 function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -197,18 +207,22 @@ function processAlive(pid: number): boolean {
  * Why a lock that another spool wrote no longer holds (a reason to take it over), or '' while its
  * owner may still be there. `idleMs`: since the owner last touched it.
  */
-export function staleLock(holder: { pid?: unknown; host?: unknown; boot?: unknown }, idleMs: number): string {
+export function staleLock(holder: { pid?: unknown; host?: unknown; boot?: unknown; pidns?: unknown }, idleMs: number): string {
   const pid = typeof holder.pid === 'number' && Number.isSafeInteger(holder.pid) && holder.pid > 0 ? holder.pid : 0;
-  if (!pid) return 'its lock file is unreadable (a crash while writing it)';
+  // Locks appear whole (link), so an unreadable one is an old version's crash mid-write, or damage.
+  if (!pid) return idleMs > LOCK_STALE_MS ? 'its lock file is unreadable' : '';
   const sameHost = holder.host === os.hostname();
-  // Our own pid in a lock we do not hold is a restart that reused the pid (pid 1 in a container).
-  if (sameHost && pid === process.pid) return 'it had our process id, so it ended before we started';
+  // Containers share the host's kernel (and boot id) and may share a host name: pids compare only
+  // within one pid namespace (locks of older versions name none: the host decides).
+  const samePids = sameHost && (typeof holder.pidns === 'string' && holder.pidns && PID_NAMESPACE ? holder.pidns === PID_NAMESPACE : true);
   if (sameHost && BOOT_ID && typeof holder.boot === 'string' && holder.boot && holder.boot !== BOOT_ID) {
     return 'it ran before this machine restarted';
   }
-  // Also what tells for other hosts (a container recreated under a new name), whose pids mean nothing here.
+  // Our own pid in a lock we do not hold is a restart that reused the pid (pid 1 in a container).
+  if (samePids && pid === process.pid) return 'it had our process id, so it ended before we started';
+  // What tells for other hosts and pid spaces (a container recreated under a new name).
   if (idleMs > LOCK_STALE_MS) return `its lock was last refreshed ${Math.round(idleMs / 1000)} s ago`;
-  if (sameHost && !processAlive(pid)) return 'it has ended';
+  if (samePids && !processAlive(pid)) return 'it has ended';
   return '';
 }
 
@@ -260,6 +274,10 @@ export class DiskSpool implements SpoolCounters {
   private state: 'closed' | 'opening' | 'open' = 'closed';
   private holdsLock = false;
   private lockRefresh?: NodeJS.Timeout;
+  /** The content of our lock file, to tell it from another process's. */
+  private ownLock?: string;
+  /** Another process took the lock over: it is not refreshed or removed by us any more. */
+  private lostLock = false;
 
   constructor(readonly dir: string, private readonly limits: SpoolLimits) {
     this.dir = path.resolve(dir);
@@ -316,44 +334,101 @@ export class DiskSpool implements SpoolCounters {
     }
     const me = this.lockContent();
     for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        await fs.writeFile(file, me, { flag: 'wx', mode: 0o600 });
+      if (await this.createLock(file, me)) {
         lockedHere.add(this.dir);
         this.holdsLock = true;
+        this.ownLock = me;
+        this.lostLock = false;
         this.lockRefresh = setInterval(() => this.touchLock(), LOCK_REFRESH_MS).unref();
         return;
-      } catch (err) {
-        if (!isErrno(err, 'EEXIST')) throw err;
       }
-      let holder: { pid?: unknown; host?: unknown; boot?: unknown; since?: unknown } = {};
+      let text = '';
       let touchedAt = 0;
       try {
         touchedAt = (await fs.stat(file)).mtimeMs;
-        holder = JSON.parse(await fs.readFile(file, 'utf8'));
+        text = await fs.readFile(file, 'utf8');
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) continue; // let go meanwhile
+        throw err;
+      }
+      let holder: { pid?: unknown; host?: unknown; since?: unknown } = {};
+      try {
+        holder = JSON.parse(text);
       } catch {
-        /* unreadable: a crash while writing it; take it over */
+        /* unreadable: see staleLock */
       }
       const why = staleLock(holder, Date.now() - touchedAt);
       if (!why) {
         throw new Error(`spool folder ${this.dir} is in use by process ${String(holder.pid)} on ${String(holder.host)} since ${String(holder.since)}: give each connection and each Node-RED its own spool folder`);
       }
+      // Moved aside (atomic), then checked: a process that judged the same lock stale and replaced
+      // it first keeps the folder; its new lock goes back.
+      const aside = `${file}.${process.pid}.${Date.now()}.stale`;
+      try {
+        await fs.rename(file, aside);
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) continue;
+        throw err;
+      }
+      const moved = await fs.readFile(aside, 'utf8').catch(() => '');
+      if (moved !== text) {
+        await fs.link(aside, file).catch(() => undefined);
+        await fs.rm(aside, { force: true });
+        throw new Error(`spool folder ${this.dir} was just taken by another process: give each connection and each Node-RED its own spool folder`);
+      }
+      await fs.rm(aside, { force: true });
       this.onWarning(`took over the spool folder ${this.dir} from process ${typeof holder.pid === 'number' ? holder.pid : '?'}: ${why}`);
-      await fs.rm(file, { force: true });
     }
     throw new Error(`cannot lock the spool folder ${this.dir}`);
   }
 
-  private lockContent(): string {
-    return JSON.stringify({ pid: process.pid, host: os.hostname(), boot: BOOT_ID, since: new Date().toISOString() });
+  /** Creates the lock whole or not at all (a reader never sees it half written); false if one exists. */
+  private async createLock(file: string, content: string): Promise<boolean> {
+    // (not *.tmp: open() removes those, and another process may be opening)
+    const tmp = `${file}.${process.pid}.new`;
+    await fs.writeFile(tmp, content, { mode: 0o600 });
+    try {
+      await fs.link(tmp, file);
+      return true;
+    } catch (err) {
+      if (isErrno(err, 'EEXIST')) return false;
+      throw err;
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
   }
 
-  /** Tells other processes that the owner is still there (see staleLock). */
+  private lockContent(): string {
+    return JSON.stringify({ pid: process.pid, host: os.hostname(), boot: BOOT_ID, pidns: PID_NAMESPACE, since: new Date().toISOString() });
+  }
+
+  /**
+   * Tells other processes that the owner is still there (see staleLock), after checking that the
+   * lock is still ours: one deleted by hand is made again; one another process took over is left
+   * to it, loudly (two writers of one folder lose messages).
+   */
   private touchLock(): void {
-    const now = new Date();
-    fs.utimes(path.join(this.dir, LOCK_FILE), now, now).catch((err) => {
-      // A folder deleted while in use is made again, lock included, by the next write (startSegment).
-      if (!isErrno(err, 'ENOENT')) this.onWarning(`cannot refresh the spool lock in ${this.dir}: ${(err as Error).message}`);
-    });
+    const file = path.join(this.dir, LOCK_FILE);
+    const owned = this.ownLock;
+    const check = async () => {
+      let text: string;
+      try {
+        text = await fs.readFile(file, 'utf8');
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) throw err;
+        // A folder deleted while in use is made again by the next write (startSegment).
+        if (await fs.stat(this.dir).then(() => true, () => false)) await this.createLock(file, owned!);
+        return;
+      }
+      if (text !== owned) {
+        if (!this.lostLock) this.onWarning(`another process took over the spool folder ${this.dir} (${text.slice(0, 200)}): give each connection and each Node-RED its own spool folder`);
+        this.lostLock = true;
+        return;
+      }
+      const now = new Date();
+      await fs.utimes(file, now, now);
+    };
+    check().catch((err) => this.onWarning(`cannot refresh the spool lock in ${this.dir}: ${(err as Error).message}`));
   }
 
   private async releaseLock(): Promise<void> {
@@ -362,7 +437,9 @@ export class DiskSpool implements SpoolCounters {
     this.lockRefresh = undefined;
     this.holdsLock = false;
     lockedHere.delete(this.dir);
-    await fs.rm(path.join(this.dir, LOCK_FILE), { force: true }).catch(() => undefined);
+    const file = path.join(this.dir, LOCK_FILE);
+    // Never another process's lock (one that took the folder over).
+    if ((await fs.readFile(file, 'utf8').catch(() => '')) === this.ownLock) await fs.rm(file, { force: true }).catch(() => undefined);
   }
 
   private async readCursor(): Promise<number> {
@@ -587,7 +664,7 @@ export class DiskSpool implements SpoolCounters {
       if (!isErrno(err, 'ENOENT')) throw err;
       // The whole folder was deleted while in use: made again, with our lock, so the spool goes on.
       await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
-      await fs.writeFile(path.join(this.dir, LOCK_FILE), this.lockContent(), { mode: 0o600 });
+      await this.createLock(path.join(this.dir, LOCK_FILE), this.ownLock ?? this.lockContent());
       this.onWarning(`the spool folder ${this.dir} was deleted while in use; made it again`);
       handle = await fs.open(file, 'w', 0o600);
     }

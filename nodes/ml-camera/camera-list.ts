@@ -132,7 +132,7 @@ export class CameraIdRegistry {
   claim(owner: string, ids: string[]): { id: string; others: string[] }[] {
     const shared: { id: string; others: string[] }[] = [];
     for (const id of new Set(ids)) {
-      const users = this.owners.get(id) ?? [];
+      const users = (this.owners.get(id) ?? []).filter((u) => u !== owner);
       if (users.length) shared.push({ id, others: [...users] });
       this.owners.set(id, [...users, owner]);
     }

@@ -187,6 +187,9 @@ function vote(track: Track): { label: string; score: number } {
   return { label: best.label, score: best.sum / best.n };
 }
 
+/** A smaller jump back in capture time is a late frame, not a clock set back. */
+const MIN_CLOCK_STEP_MS = 1000;
+
 export class Tracker {
   private readonly cameras = new Map<string, CameraState>();
 
@@ -200,8 +203,11 @@ export class Tracker {
     if (frame.at < state.lastAt) {
       // A later frame of the camera taken "before" its previous one: the clock was set back (NTP
       // correcting a clock that ran fast). Its tracks move to the new clock, or nothing would be
-      // tracked until the clock caught up. Without a later seq it is a frame that came late.
-      if (!(frame.seq > state.lastSeq && state.lastSeq > 0)) {
+      // tracked until the clock caught up. Without a later seq, or by less than a step of the clock
+      // would be (a frame of a camera restarted with seq 1 overtaken by its last old one), it is a
+      // frame that came late.
+      const back = state.lastAt - frame.at;
+      if (!(frame.seq > state.lastSeq && state.lastSeq > 0 && back > Math.max(2 * state.interval, MIN_CLOCK_STEP_MS))) {
         return { trackOf: frame.detections.map(() => undefined), tracks: this.describe(state), counted: [], stale: true };
       }
       const shift = frame.at - state.interval - state.lastAt;
