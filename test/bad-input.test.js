@@ -37,7 +37,7 @@ const zlib = require('zlib');
 const sharp = require('sharp');
 const { liveWorkerCount } = require('../nodes/lib/model-runner');
 const { FakeNucleusIpc } = require('./fixtures/ipc-server');
-const { MODEL, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, startMosquitto, collect, sleep, until } = require('./helpers');
+const { MODEL, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, startMosquitto, collect, sleep, until, loggedBy } = require('./helpers');
 
 const helper = redHelper();
 const NODES = ['ml-camera', 'ml-preprocess', 'ml-model', 'ml-inference', 'ml-route', 'greengrass-connection', 'greengrass-publish']
@@ -146,11 +146,7 @@ async function caughtError(ctx, from, name, start, early, timeoutMs) {
   return found;
 }
 
-/** Log entries (helper.log() spy) of node `id` at `level` ('WARN' or 'ERROR'). */
-function logged(id, level) {
-  const spy = helper.log();
-  return spy.args.map((a) => a[0]).filter((e) => e && e.id === id && e.level === spy[level]).map((e) => String(e.msg));
-}
+const logged = (id, level) => loggedBy(helper, id, level);
 
 async function expectLogged(id, level, pattern, timeoutMs) {
   await until(() => logged(id, level).some((t) => pattern.test(t)), timeoutMs, `a ${level} from ${id} matching ${pattern}`).catch((err) => {

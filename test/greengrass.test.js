@@ -5,7 +5,7 @@ const assert = require('node:assert/strict');
 const fs = require('fs');
 const net = require('net');
 const path = require('path');
-const { node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, makeCertificates, freePort, collect, nextMessage, sleep, until } = require('./helpers');
+const { loggedBy, node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, makeCertificates, freePort, collect, nextMessage, sleep, until } = require('./helpers');
 const { DiskSpool } = require('../nodes/greengrass-connection/spool');
 const { toAwsMlInferenceMessage } = require('../nodes/greengrass-publish/publish-format');
 const { chooseTransport } = require('../nodes/greengrass-connection/ipc-transport');
@@ -168,9 +168,7 @@ test('certificate files that appear only after the start (provisioning) are pick
 test('certificate files with a plain mqtt:// broker URL are warned about: they would not be used', async () => {
   const port = await freePort();
   await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: `mqtt://127.0.0.1:${port}`, certFile: 'device.pem.crt', keyFile: 'private.pem.key', spool: false }));
-  const spy = helper.log();
-  const warnings = spy.args.map((a) => a[0]).filter((e) => e && e.id === 'conn' && e.level === spy.WARN).map((e) => String(e.msg));
-  assert.deepEqual(warnings, [`the CA, certificate and key files are not used: the broker URL mqtt://127.0.0.1:${port} is plain TCP; use mqtts:// for TLS`]);
+  assert.deepEqual(loggedBy(helper, 'conn', 'WARN'), [`the CA, certificate and key files are not used: the broker URL mqtt://127.0.0.1:${port} is plain TCP; use mqtts:// for TLS`]);
 });
 
 test('a spool folder held by another process is taken into use once that process lets go', async () => {
@@ -181,10 +179,7 @@ test('a spool folder held by another process is taken into use once that process
   const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
   // Another Node-RED on this machine (this test's parent process stands in for it) holds the folder.
   fs.writeFileSync(lock, JSON.stringify({ pid: process.ppid, host: os.hostname(), boot: bootId, since: 'earlier' }));
-  const logged = (level, pattern) => {
-    const spy = helper.log();
-    return spy.args.map((a) => a[0]).filter((e) => e && e.id === 'conn' && e.level === spy[level] && pattern.test(String(e.msg)));
-  };
+  const logged = (level, pattern) => loggedBy(helper, 'conn', level).filter((text) => pattern.test(text));
   try {
     await loadFlow(helper, nodes, flow({ transport: 'mqtt', url: broker.url, spoolDir }));
     const conn = helper.getNode('conn');

@@ -287,8 +287,14 @@ function sorterFlowNodes() {
   ];
 }
 
+/** What node `id` logged at `level` ('INFO', 'WARN', 'ERROR') in the test helper's runtime, as text. */
+function loggedBy(helper, id, level) {
+  const spy = helper.log();
+  return spy.args.map((a) => a[0]).filter((e) => e && e.id === id && e.level === spy[level]).map((e) => String(e.msg));
+}
+
 module.exports = {
-  ROOT, DATASET, MODEL, MODEL_ROW, MODEL_ROW_SIZE, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
+  loggedBy, ROOT, DATASET, MODEL, MODEL_ROW, MODEL_ROW_SIZE, SPLIT_DIR, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort,
   startAedes, startMosquitto, makeCertificates, mosquittoPath, collect, nextMessage, sleep, until, killOnExit,
   nodeRedUserDir, startNodeRed, deployFlows, mjpegCamera, closeFirstRunPrompts, sorterFlowNodes,
 };

@@ -4,7 +4,7 @@ const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
-const { node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, nextMessage, sleep, until, mjpegCamera } = require('./helpers');
+const { loggedBy, node, coreNode, redHelper, loadFlow, tmpDir, validationPhotos, freePort, nextMessage, sleep, until, mjpegCamera } = require('./helpers');
 const { phaseOffset } = require('../nodes/ml-camera/tick-schedule');
 
 const helper = redHelper();
@@ -119,10 +119,7 @@ test('a camera id used by two camera nodes is warned about, naming the other nod
     { id: 'first', type: 'ml-camera', z: 'tab', name: 'belt camera', cameraId: '', source: dirs.first, interval: 0, wires: [[]] },
     { id: secondNode, type: 'ml-camera', z: 'tab', cameraId: '', cameras: `${secondId}=${dirs.second}`, interval: 0, wires: [[]] },
   ];
-  const warnings = (id) => {
-    const spy = helper.log();
-    return spy.args.map((a) => a[0]).filter((e) => e && e.id === id && e.level === spy.WARN).map((e) => String(e.msg));
-  };
+  const warnings = (id) => loggedBy(helper, id, 'WARN');
   await loadFlow(helper, nodes, flow('cam1'));
   assert.deepEqual(warnings('first'), []);
   assert.deepEqual(warnings('second'), ['camera id "cam1" is also used by ml-camera "belt camera" (first): frames are told apart by camera id ' +
