@@ -124,6 +124,31 @@ test('ModelService: a refused reload warns once, keeps the old labels and model;
   clearInterval(keepAlive);
 });
 
+test('a GPU execution provider this device lacks falls back to the CPU with one warning, as the setting promises', async () => {
+  // This machine has onnxruntime-node's CPU build only: creating a CUDA or TensorRT session fails here
+  // ("Failed to load shared library"), as on ARM devices whose binding has no CUDA at all.
+  for (const provider of ['cuda', 'tensorrt']) {
+    const logged = { info: [], warn: [], error: [] };
+    const service = new ModelService({
+      modelPath: fixture('three-classes.onnx'), session: { ...session, executionProviders: [provider, 'cpu'] }, runTimeoutMs: 5000,
+      labels: { from: 'list', labels: ['a', 'b', 'c'] }, watch: false,
+      log: { info: (m) => logged.info.push(m), warn: (m) => logged.warn.push(m), error: (m) => logged.error.push(m) },
+    });
+    service.start();
+    try {
+      const info = await service.ready();
+      const { outputs } = await service.run(x(1, 1, 5));
+      assert.equal(classifyBatch(outputs.scores, info.classLabels, 1)[0].label, 'c', 'runs on the CPU');
+      assert.equal(logged.warn.length, 1);
+      assert.match(logged.warn[0], new RegExp(`^the ${provider} execution provider is not available here \\(.+\\): the model runs on the CPU$`));
+      assert.deepEqual(logged.error, []);
+    } finally {
+      await service.stop();
+    }
+  }
+  assert.equal(liveWorkerCount(), 0);
+});
+
 test('checkReplacementInput: same type, rank and fixed sizes; no free size may become fixed', () => {
   const serving = { name: 'input', type: 'float32', shape: ['batch', 3, 160, 120] };
   checkReplacementInput({ name: 'input', type: 'float32', shape: ['n', 3, 160, 120] }, serving);

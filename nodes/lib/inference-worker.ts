@@ -152,7 +152,19 @@ async function prepare(model: Uint8Array, options: SessionOptions): Promise<Work
     // Session config keys (onnxruntime_session_options_config_keys.h), passed through by the Node binding.
     sessionOptions.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
   }
-  const created = await ort.InferenceSession.create(model, sessionOptions);
+  let created: ort.InferenceSession;
+  let warning: string | undefined;
+  try {
+    created = await ort.InferenceSession.create(model, sessionOptions);
+  } catch (err) {
+    const wanted = providers.filter((p) => p !== 'cpu');
+    if (!wanted.length) throw err;
+    // A GPU provider whose libraries this device lacks (the package bundles only the CPU one on
+    // most platforms): the model still runs, on the CPU, as the setting promises. A model that
+    // cannot load at all fails here again, with the CPU's error.
+    created = await ort.InferenceSession.create(model, { ...sessionOptions, executionProviders: ['cpu'] });
+    warning = `the ${wanted.join(', ')} execution provider is not available here (${String((err as Error).message).split('\n')[0]}): the model runs on the CPU`;
+  }
   const replaced = candidate;
   candidate = created;
   if (replaced) await replaced.release();
@@ -161,6 +173,7 @@ async function prepare(model: Uint8Array, options: SessionOptions): Promise<Work
     id: 0,
     inputs: describeValues(created.inputNames, created.inputMetadata),
     outputs: describeValues(created.outputNames, created.outputMetadata),
+    warning,
   };
 }
 

@@ -313,7 +313,10 @@ export class ModelRunner extends EventEmitter {
       }
       this.throwIfClosed();
       if (prepared.type !== 'prepared') throw new Error(`unexpected answer from the inference worker: ${prepared.type}`);
-      const info: ModelInfo = { ...description, path: this.modelPath, inputs: prepared.inputs, outputs: prepared.outputs, bytes: bytes.byteLength, loadedAt: new Date() };
+      const info: ModelInfo = {
+        ...description, path: this.modelPath, inputs: prepared.inputs, outputs: prepared.outputs, bytes: bytes.byteLength, loadedAt: new Date(),
+        warnings: prepared.warning ? [...description.warnings, prepared.warning] : description.warnings,
+      };
       try {
         await check?.(info, this.serving?.info);
       } catch (err) {

@@ -51,7 +51,7 @@ export type WorkerRequest =
   | { type: 'run'; id: number; feeds: Record<string, WireTensor | PipedTensor> };
 
 export type WorkerResponse =
-  | { type: 'prepared'; id: number; inputs: ValueInfo[]; outputs: ValueInfo[] }
+  | { type: 'prepared'; id: number; inputs: ValueInfo[]; outputs: ValueInfo[]; warning?: string }
   | { type: 'committed'; id: number }
   | { type: 'discarded'; id: number }
   | { type: 'result'; id: number; outputs: Record<string, WireTensor>; ms: number }
