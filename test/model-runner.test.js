@@ -124,6 +124,43 @@ test('ModelService: a refused reload warns once, keeps the old labels and model;
   clearInterval(keepAlive);
 });
 
+test('ModelService: a model copied in slowly (scp over a link) is loaded once, whole, after the copy ends', async () => {
+  const dir = tmpDir();
+  const file = path.join(dir, 'm.onnx');
+  fs.copyFileSync(fixture('three-classes.onnx'), file);
+  const logged = { info: [], warn: [], error: [] };
+  // The default watch: a poll a second.
+  const service = new ModelService({
+    modelPath: file, session, runTimeoutMs: 5000, labels: { from: 'list', labels: ['a', 'b', 'c'] }, watch: true,
+    log: { info: (m) => logged.info.push(m), warn: (m) => logged.warn.push(m), error: (m) => logged.error.push(m) },
+  });
+  const failed = [];
+  service.events.on('reload-failed', (why) => failed.push(why));
+  service.start();
+  const keepAlive = setInterval(() => undefined, 1000);
+  try {
+    await service.ready();
+    await sleep(1100);
+    // The new model arrives in 8 pieces over 3.2 s, written in place as cp and scp do.
+    const next = fs.readFileSync(fixture('three-classes-reversed.onnx'));
+    const fd = fs.openSync(file, 'w');
+    for (let i = 0; i < 8; i++) {
+      fs.writeSync(fd, next, Math.floor((i * next.length) / 8), Math.floor(((i + 1) * next.length) / 8) - Math.floor((i * next.length) / 8));
+      await sleep(400);
+    }
+    fs.closeSync(fd);
+    await until(() => logged.info.some((m) => /^reloaded /.test(m)), 10_000, 'the reload');
+    await sleep(1500);
+    assert.deepEqual(failed, [], 'no half-copied model was tried');
+    assert.equal(logged.info.filter((m) => /^reloaded /.test(m)).length, 1, 'loaded once');
+    const { outputs } = await service.run(x(1, 1, 5));
+    assert.equal(classifyBatch(outputs.scores, ['a', 'b', 'c'], 1)[0].label, 'a', 'the new model (its classes reversed) runs');
+  } finally {
+    clearInterval(keepAlive);
+    await service.stop();
+  }
+});
+
 test('a GPU execution provider this device lacks falls back to the CPU with one warning, as the setting promises', async () => {
   // This machine has onnxruntime-node's CPU build only: creating a CUDA or TensorRT session fails here
   // ("Failed to load shared library"), as on ARM devices whose binding has no CUDA at all.

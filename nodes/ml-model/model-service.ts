@@ -187,11 +187,18 @@ export class ModelService {
   private onFileChange(curr: fs.Stats, prev: fs.Stats): void {
     if (curr.mtimeMs === prev.mtimeMs && curr.size === prev.size) return;
     if (curr.size === 0 && curr.mtimeMs === 0) return; // deleted: keep the session we have
-    // A model being copied into place changes several times; wait until it settles.
+    // A model being copied into place changes several times: loaded once it stayed the same for
+    // longer than one poll of the watch (a copy still running changes it at every poll).
     clearTimeout(this.reloadTimer);
+    const settleMs = this.options.settleMs ?? Math.max(750, 2.5 * (this.options.watchIntervalMs ?? 1000));
     this.reloadTimer = setTimeout(() => {
       this.reloadTimer = undefined;
-      if (this.runner) this.startLoading(this.runner, true);
-    }, this.options.settleMs ?? 750);
+      fs.stat(this.modelPath, (err, now) => {
+        if (!this.runner || this.reloadTimer) return;
+        // Still changing since the watch last saw it: wait again.
+        if (!err && (now.mtimeMs !== curr.mtimeMs || now.size !== curr.size)) return this.onFileChange(now, curr);
+        this.startLoading(this.runner, true);
+      });
+    }, settleMs);
   }
 }
