@@ -315,3 +315,30 @@ test('ModelRoom: a camera waits while its lane is full, and every camera of the 
   other.releaseAll();
   assert.deepEqual(gate.closedLanes, []);
 });
+
+test('a shared resource survives a deploy that redeploys one user and deletes the other, whichever closes first', async () => {
+  const { EventEmitter } = require('events');
+  const { shareAmongUsers } = require('../nodes/lib/shared-resource');
+  const { sleep } = require('./helpers');
+  const config = Object.assign(new EventEmitter(), { id: 'model', error: (m) => assert.fail(m) });
+  const calls = [];
+  shareAmongUsers(config, () => calls.push('start'), async () => { calls.push('stop'); }, 100);
+  const [a, b] = [{ id: 'preprocess' }, { id: 'inference' }];
+  const leave = (user, removed) => new Promise((resolve) => config.deregister(user, resolve, removed));
+  config.register(a);
+  config.register(b);
+  // A "modified nodes" deploy: the edited node closes (not removed) before the deleted one.
+  await leave(a, false);
+  await leave(b, true);
+  config.register(a);
+  await sleep(150);
+  assert.deepEqual(calls, ['start'], 'not stopped and started again');
+  // The redeployed user does not come back (moved to another config node): stopped after the grace period.
+  await leave(a, false);
+  await sleep(150);
+  assert.deepEqual(calls, ['start', 'stop']);
+  // The last user deleted with nobody returning: stopped at once.
+  config.register(a);
+  await leave(a, true);
+  assert.deepEqual(calls, ['start', 'stop', 'start', 'stop']);
+});

@@ -19,6 +19,8 @@ export const IDLE_GRACE_MS = 30_000;
 
 export function shareAmongUsers(node: SharedResourceNode, start: () => void, stop: () => Promise<void>, idleGraceMs = IDLE_GRACE_MS): void {
   const users = new Set<string>();
+  /** Users that left in a redeploy (not removed) and have not registered again yet. */
+  const returning = new Set<string>();
   let running = false;
   let closed = false;
   let idleTimer: NodeJS.Timeout | undefined;
@@ -40,6 +42,7 @@ export function shareAmongUsers(node: SharedResourceNode, start: () => void, sto
 
   node.register = (user) => {
     users.add(user.id);
+    returning.delete(user.id);
     clearTimeout(idleTimer);
     idleTimer = undefined;
     if (running || closed) return;
@@ -53,13 +56,19 @@ export function shareAmongUsers(node: SharedResourceNode, start: () => void, sto
 
   node.deregister = (user, done, removed = true) => {
     users.delete(user.id);
+    if (removed) returning.delete(user.id);
+    else returning.add(user.id);
     if (users.size > 0 || !running) return done();
-    if (removed) {
+    // The last user deleted stops it at once, unless one redeployed in the same deploy (whose close
+    // may have come first) is about to come back.
+    if (removed && returning.size === 0) {
       stopNow().then(() => done());
       return;
     }
+    clearTimeout(idleTimer);
     idleTimer = setTimeout(() => {
       idleTimer = undefined;
+      returning.clear(); // (moved to another config node, or not deployed again)
       if (users.size === 0) stopNow();
     }, idleGraceMs);
     idleTimer.unref();
@@ -69,6 +78,7 @@ export function shareAmongUsers(node: SharedResourceNode, start: () => void, sto
   node.on('close', (_removed: boolean, done: () => void) => {
     closed = true;
     users.clear();
+    returning.clear();
     stopNow().then(() => done());
   });
 }
