@@ -8,7 +8,7 @@ const { execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
 
-const { ROOT, DATASET, MODEL, node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, collect, nextMessage } = require('./helpers');
+const { ROOT, DATASET, MODEL, node, coreNode, redHelper, loadFlow, tmpDir, startMosquitto, collect, nextMessage, validationPhotos } = require('./helpers');
 const { countBelts, printReport } = require('../tools/evaluate-counting');
 
 const SCENES = path.join(ROOT, 'tools', 'train', 'scenes.py');
@@ -117,6 +117,27 @@ test('the counting flow as shipped, two belt cameras: one item message per item 
     await helper.unload();
     await broker.close();
   }
+});
+
+test('a box namer left set while the node classifies is not loaded, nor needed to exist', async () => {
+  const photo = fs.readFileSync(validationPhotos(1)[0].file);
+  const flow = [
+    { id: 'tab', type: 'tab' },
+    { id: 'cls', type: 'ml-model', path: MODEL, labelSource: 'metadata' },
+    { id: 'namer', type: 'ml-model', path: MODEL, labelSource: 'metadata' },
+    { id: 'pre', type: 'ml-preprocess', z: 'tab', model: 'cls', settingsFrom: 'model', wires: [['inf', 'inf2']] },
+    // Output switched to classification after a namer was chosen (the dialog hides the field then).
+    { id: 'inf', type: 'ml-inference', z: 'tab', model: 'cls', namer: 'namer', output: 'classification', wires: [['out']] },
+    { id: 'inf2', type: 'ml-inference', z: 'tab', model: 'cls', namer: 'deleted-config-node', output: 'classification', wires: [['out2']] },
+    { id: 'out', type: 'helper', z: 'tab' },
+    { id: 'out2', type: 'helper', z: 'tab' },
+  ];
+  await loadFlow(helper, [node('ml-model'), node('ml-preprocess'), node('ml-inference')], flow);
+  const results = [nextMessage(helper.getNode('out'), 20_000), nextMessage(helper.getNode('out2'), 20_000)];
+  helper.getNode('pre').receive({ payload: photo });
+  for (const msg of await Promise.all(results)) assert.ok(LABELS.includes(msg.payload.label), msg.payload.label);
+  assert.equal(helper.getNode('namer').state, 'idle', 'the unused namer was never loaded');
+  await helper.unload();
 });
 
 test('a classifier names each box from its crop: its label and score, the detector\'s kept; no msg.image fails the frame saying so', async () => {

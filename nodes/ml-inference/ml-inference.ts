@@ -69,10 +69,10 @@ module.exports = function (RED: NodeAPI) {
     RED.nodes.createNode(this, config);
     const node = this;
     const model = RED.nodes.getNode(String(config.model || '')) as MlModelNode | null;
-    /** Detection: a classifier of crops that names each box (optional). */
-    const namer = config.namer ? RED.nodes.getNode(String(config.namer)) as MlModelNode | null : undefined;
     // Flows from before detection have no setting, or 'classification': they keep classifying.
     const mode: OutputMode = (['raw', 'detection', 'auto'] as const).find((m) => m === config.output) ?? 'classification';
+    /** Detection: a classifier of crops that names each box (optional; the dialog hides it in the other modes). */
+    const namer = config.namer && (mode === 'detection' || mode === 'auto') ? RED.nodes.getNode(String(config.namer)) as MlModelNode | null : undefined;
     let detection: DetectionSettings = DEFAULT_DETECTION;
     const policy: QueuePolicy = config.policy === 'oldest' ? 'oldest' : 'latest';
     let topK = 3;
