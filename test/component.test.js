@@ -298,6 +298,11 @@ test('Install checks ffmpeg for a live camera where the component\'s user looks 
   assert.deepEqual(checkInstall({ modules: false, env: { SORTER_SOURCE: '/photos', PATH: '/nonexistent' } }), [], 'a folder needs no ffmpeg');
   const camera = checkInstall({ modules: false, env: { SORTER_SOURCE: '/dev/video97', PATH: SECURE_PATH } });
   assert.ok(camera.some((p) => /\/dev\/video97 cannot be opened by this user.*video group/.test(p)), camera.join('\n'));
+  // A list of cameras (the component's cameras key) is checked camera by camera.
+  const listed = checkInstall({ modules: false, env: { SORTER_CAMERAS: 'belt1=rtsp://10.0.0.21/stream1,belt2=/dev/v4l/by-id/usb-cam-video-index0,belt3=/photos', PATH: '/nonexistent' } });
+  assert.equal(listed.length, 2, listed.join('\n'));
+  assert.match(listed[0], /sources rtsp:\/\/10\.0\.0\.21\/stream1, \/dev\/v4l\/by-id\/usb-cam-video-index0 are read through ffmpeg, which cannot run here/);
+  assert.match(listed[1], /the camera \/dev\/v4l\/by-id\/usb-cam-video-index0 cannot be opened by this user \(ENOENT\)/);
   const readOnly = tmpDir('gg-ro-');
   fs.writeFileSync(path.join(readOnly, 'file'), '');
   assert.match(checkInstall({ modules: false, env: { SORTER_SPOOL_DIR: path.join(readOnly, 'file', 'spool'), PATH: SECURE_PATH } })[0], /SORTER_SPOOL_DIR .* is not writable/);

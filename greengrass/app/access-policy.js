@@ -28,8 +28,11 @@ function grants(accessControl, topic, operation = PUBLISH) {
     && Array.isArray(p.resources) && p.resources.some((r) => typeof r === 'string' && globToRegExp(r).test(topic)));
 }
 
-/** The camera ids of the sorter flow: those of SORTER_CAMERAS (parsed as the camera node does), else SORTER_CAMERA_ID. */
-function cameraIds(env) {
+/**
+ * The cameras of the sorter flow, {id, source}: those of SORTER_CAMERAS (parsed as the camera node
+ * does), else the one of SORTER_CAMERA_ID and SORTER_SOURCE.
+ */
+function sorterCameras(env) {
   if ((env.SORTER_CAMERAS || '').trim()) {
     // The installed collection in the artifact; this checkout's compiled nodes when run from the repository.
     for (const module of ['node-red-contrib-greengrass-ml/nodes/ml-camera/camera-list', '../../nodes/ml-camera/camera-list']) {
@@ -40,19 +43,19 @@ function cameraIds(env) {
         continue;
       }
       try {
-        return parse(env.SORTER_CAMERAS).map((c) => c.id);
+        return parse(env.SORTER_CAMERAS);
       } catch {
         break; // a list the camera node refuses is reported by it, naming the entry
       }
     }
   }
-  return [env.SORTER_CAMERA_ID || 'cam1'];
+  return [{ id: env.SORTER_CAMERA_ID || 'cam1', source: (env.SORTER_SOURCE || '').trim() }];
 }
 
 /** The topics the sorter flow publishes to (flows/recycling-sorter.json). */
 function flowTopics(env) {
   const prefix = env.SORTER_TOPIC_PREFIX || 'recycling';
-  return cameraIds(env).flatMap((camera) => ['result', 'divert', 'camera'].map((leaf) => `${prefix}/${camera}/${leaf}`));
+  return sorterCameras(env).map((c) => c.id).flatMap((camera) => ['result', 'divert', 'camera'].map((leaf) => `${prefix}/${camera}/${leaf}`));
 }
 
 function checkPublishGrants(env = process.env) {
@@ -78,4 +81,4 @@ function checkPublishGrants(env = process.env) {
   };
 }
 
-module.exports = { checkPublishGrants, grants, globToRegExp, flowTopics };
+module.exports = { checkPublishGrants, grants, globToRegExp, flowTopics, sorterCameras };

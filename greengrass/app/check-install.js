@@ -7,10 +7,11 @@
 const { execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
+const { sorterCameras } = require('./access-policy');
 
 const MIN_NODE_MAJOR = 20;
 /** Sources that ml-camera reads through ffmpeg (README: RTSP cameras and USB/V4L2 devices). */
-const LIVE_SOURCE = /^(rtsps?:\/\/|\/dev\/video)/i;
+const LIVE_SOURCE = /^(rtsps?:\/\/|\/dev\/video|\/dev\/v4l\/)/i;
 
 function checkInstall({ modules = true, env = process.env } = {}) {
   const problems = [];
@@ -39,16 +40,18 @@ function checkInstall({ modules = true, env = process.env } = {}) {
       }
     }
   }
-  const source = (env.SORTER_SOURCE ?? '').trim();
-  if (LIVE_SOURCE.test(source)) {
+  // Every camera of SORTER_CAMERAS, or the one of SORTER_SOURCE.
+  const sources = sorterCameras(env).map((c) => c.source.trim());
+  const live = sources.filter((source) => LIVE_SOURCE.test(source));
+  if (live.length) {
     try {
       execFileSync('ffmpeg', ['-hide_banner', '-version'], { stdio: 'ignore', timeout: 10_000, env: { ...process.env, PATH: env.PATH ?? '' } });
     } catch (err) {
-      problems.push(`the camera source ${source} is read through ffmpeg, which cannot run here (${err.code ?? err.message}; PATH=${env.PATH}): `
+      problems.push(`the camera source${live.length > 1 ? 's' : ''} ${live.join(', ')} ${live.length > 1 ? 'are' : 'is'} read through ffmpeg, which cannot run here (${err.code ?? err.message}; PATH=${env.PATH}): `
         + 'install it (apt-get install ffmpeg)');
     }
   }
-  if (/^\/dev\/video/.test(source)) {
+  for (const source of sources.filter((s) => /^\/dev\/(video|v4l\/)/.test(s))) {
     try {
       fs.accessSync(source, fs.constants.R_OK | fs.constants.W_OK);
     } catch (err) {
