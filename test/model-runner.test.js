@@ -6,7 +6,7 @@ const fs = require('fs');
 const path = require('path');
 const { ModelRunner, liveWorkerCount, RunnerClosedError } = require('../nodes/lib/model-runner');
 const { ModelService } = require('../nodes/ml-model/model-service');
-const { checkReplacementInput, classifyBatch } = require('../nodes/lib/model-io');
+const { checkReplacementInput, checkReplacementOutputs, classifyBatch } = require('../nodes/lib/model-io');
 const { checkFinite, firstNonFinite, toTensorValue } = require('../nodes/lib/tensor');
 const { MODEL, MODEL_ROW, MODEL_ROW_SIZE, tmpDir, sleep, until } = require('./helpers');
 
@@ -194,6 +194,9 @@ test('checkReplacementInput: same type, rank and fixed sizes; no free size may b
   assert.throws(() => checkReplacementInput({ name: 'input', type: 'float32', shape: ['n', 3, 224, 224] }, serving), /dimension 2 is 224 instead of 160/);
   assert.throws(() => checkReplacementInput({ name: 'input', type: 'float32', shape: [1, 3, 160, 120] }, serving), /dimension 0 is 1 instead of batch/);
   assert.throws(() => checkReplacementInput({ name: 'input', type: 'float32', shape: [3, 160, 120] }, serving), /3 dimensions instead of 4/);
+  assert.throws(() => checkReplacementInput({ name: 'images', type: 'float32', shape: ['n', 3, 160, 120] }, serving), /named "images" instead of "input" \(redeploy to switch to it\)/);
+  checkReplacementOutputs([{ name: 'logits' }], [{ name: 'logits' }]);
+  assert.throws(() => checkReplacementOutputs([{ name: 'output0' }], [{ name: 'logits' }]), /its outputs "output0" are not the serving model's "logits" \(redeploy to switch to it\)/);
 });
 
 test('non-finite values are found in inputs and outputs, integer tensors never hold one', () => {

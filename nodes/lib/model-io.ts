@@ -27,6 +27,8 @@ export function checkReplacementInput(candidate: ValueInfo | undefined, serving:
   if (!serving) return;
   if (!candidate) throw new Error(`it has no input; the serving model takes ${describeInput(serving)}`);
   const problem = `its input ${describeInput(candidate)} does not fit what the serving model takes, ${describeInput(serving)}`;
+  // Frames already on their way are fed by name, and results read by name.
+  if (candidate.name !== serving.name) throw new Error(`${problem}: named "${candidate.name}" instead of "${serving.name}" (redeploy to switch to it)`);
   if (candidate.type && serving.type && candidate.type !== serving.type) throw new Error(`${problem}: element type ${candidate.type} instead of ${serving.type}`);
   if (candidate.shape && serving.shape) {
     if (candidate.shape.length !== serving.shape.length) throw new Error(`${problem}: ${candidate.shape.length} dimensions instead of ${serving.shape.length}`);
@@ -34,6 +36,14 @@ export function checkReplacementInput(candidate: ValueInfo | undefined, serving:
       const now = candidate.shape![i];
       if (typeof now === 'number' && now !== was) throw new Error(`${problem}: dimension ${i} is ${now} instead of ${was}`);
     });
+  }
+}
+
+/** A reloaded model's outputs keep the serving one's names, in order (results are read by name). */
+export function checkReplacementOutputs(candidate: readonly ValueInfo[], serving: readonly ValueInfo[]): void {
+  const names = (list: readonly ValueInfo[]) => list.map((o) => `"${o.name}"`).join(', ');
+  if (names(candidate) !== names(serving)) {
+    throw new Error(`its outputs ${names(candidate)} are not the serving model's ${names(serving)} (redeploy to switch to it)`);
   }
 }
 

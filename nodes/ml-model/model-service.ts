@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
-import { checkReplacementInput } from '../lib/model-io';
+import { checkReplacementInput, checkReplacementOutputs } from '../lib/model-io';
 import { ModelInfo, ModelRunner, RunResult, RunnerClosedError } from '../lib/model-runner';
 import { errorMessage } from '../lib/red-types';
 import { FeedTensor } from '../lib/tensor';
@@ -145,7 +145,10 @@ export class ModelService {
     let classLabels: string[] | undefined;
     const info = await runner.load(async (candidate, serving) => {
       classLabels = await this.resolveLabels(candidate);
-      if (serving) checkReplacementInput(candidate.inputs[0], serving.inputs[0]);
+      if (serving) {
+        checkReplacementInput(candidate.inputs[0], serving.inputs[0]);
+        checkReplacementOutputs(candidate.outputs, serving.outputs);
+      }
     });
     const model: LoadedModel = { ...info, classLabels };
     if (this.runner === runner) this.loaded = model;
