@@ -87,16 +87,20 @@ test('a 1 ms run timeout against the real waste classifier fails every run and k
   assert.equal(liveWorkerCount(), 0);
 });
 
-test('ModelService: a refused reload warns once, keeps the old labels and model; stop ends the watch and the worker', async () => {
-  const dir = tmpDir();
-  const file = path.join(dir, 'm.onnx');
+/** A ModelService of the three-class fixture (copied to its own folder), its log collected. */
+function serviceOf(options = {}) {
+  const file = path.join(tmpDir(), 'm.onnx');
   fs.copyFileSync(fixture('three-classes.onnx'), file);
   const logged = { info: [], warn: [], error: [] };
   const service = new ModelService({
-    modelPath: file, session, runTimeoutMs: 5000, labels: { from: 'list', labels: ['a', 'b', 'c'] }, watch: true,
-    watchIntervalMs: 50, settleMs: 50,
+    modelPath: file, session, runTimeoutMs: 5000, labels: { from: 'list', labels: ['a', 'b', 'c'] }, watch: true, ...options,
     log: { info: (m) => logged.info.push(m), warn: (m) => logged.warn.push(m), error: (m) => logged.error.push(m) },
   });
+  return { service, logged, file };
+}
+
+test('ModelService: a refused reload warns once, keeps the old labels and model; stop ends the watch and the worker', async () => {
+  const { service, logged, file } = serviceOf({ watchIntervalMs: 50, settleMs: 50 });
   service.start();
   // Node-RED keeps the process running; here nothing else would while the file watch waits.
   const keepAlive = setInterval(() => undefined, 1000);
@@ -125,15 +129,8 @@ test('ModelService: a refused reload warns once, keeps the old labels and model;
 });
 
 test('ModelService: a model copied in slowly (scp over a link) is loaded once, whole, after the copy ends', async () => {
-  const dir = tmpDir();
-  const file = path.join(dir, 'm.onnx');
-  fs.copyFileSync(fixture('three-classes.onnx'), file);
-  const logged = { info: [], warn: [], error: [] };
   // The default watch: a poll a second.
-  const service = new ModelService({
-    modelPath: file, session, runTimeoutMs: 5000, labels: { from: 'list', labels: ['a', 'b', 'c'] }, watch: true,
-    log: { info: (m) => logged.info.push(m), warn: (m) => logged.warn.push(m), error: (m) => logged.error.push(m) },
-  });
+  const { service, logged, file } = serviceOf();
   const failed = [];
   service.events.on('reload-failed', (why) => failed.push(why));
   service.start();
@@ -165,12 +162,7 @@ test('a GPU execution provider this device lacks falls back to the CPU with one 
   // This machine has onnxruntime-node's CPU build only: creating a CUDA or TensorRT session fails here
   // ("Failed to load shared library"), as on ARM devices whose binding has no CUDA at all.
   for (const provider of ['cuda', 'tensorrt']) {
-    const logged = { info: [], warn: [], error: [] };
-    const service = new ModelService({
-      modelPath: fixture('three-classes.onnx'), session: { ...session, executionProviders: [provider, 'cpu'] }, runTimeoutMs: 5000,
-      labels: { from: 'list', labels: ['a', 'b', 'c'] }, watch: false,
-      log: { info: (m) => logged.info.push(m), warn: (m) => logged.warn.push(m), error: (m) => logged.error.push(m) },
-    });
+    const { service, logged } = serviceOf({ session: { ...session, executionProviders: [provider, 'cpu'] }, watch: false });
     service.start();
     try {
       const info = await service.ready();
