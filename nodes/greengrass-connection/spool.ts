@@ -278,6 +278,8 @@ export class DiskSpool implements SpoolCounters {
   private ownLock?: string;
   /** Another process took the lock over: it is not refreshed or removed by us any more. */
   private lostLock = false;
+  /** The lock refresh under way, if any. */
+  private lockCheck?: Promise<void>;
 
   constructor(readonly dir: string, private readonly limits: SpoolLimits) {
     this.dir = path.resolve(dir);
@@ -428,13 +430,15 @@ export class DiskSpool implements SpoolCounters {
       const now = new Date();
       await fs.utimes(file, now, now);
     };
-    check().catch((err) => this.onWarning(`cannot refresh the spool lock in ${this.dir}: ${(err as Error).message}`));
+    // releaseLock waits for it, so a refresh never re-makes the lock of a spool that closed meanwhile.
+    this.lockCheck = check().catch((err) => this.onWarning(`cannot refresh the spool lock in ${this.dir}: ${(err as Error).message}`));
   }
 
   private async releaseLock(): Promise<void> {
     if (!this.holdsLock) return;
     clearInterval(this.lockRefresh);
     this.lockRefresh = undefined;
+    await this.lockCheck;
     this.holdsLock = false;
     lockedHere.delete(this.dir);
     const file = path.join(this.dir, LOCK_FILE);
