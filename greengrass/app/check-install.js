@@ -41,7 +41,7 @@ function checkInstall({ modules = true, env = process.env } = {}) {
     }
   }
   // Every camera of SORTER_CAMERAS, or the one of SORTER_SOURCE.
-  const sources = sorterCameras(env).map((c) => c.source.trim());
+  const sources = sorterCameras(env).map((c) => c.source);
   const live = sources.filter((source) => LIVE_SOURCE.test(source));
   if (live.length) {
     try {

@@ -207,7 +207,7 @@ function processAlive(pid: number): boolean {
  * Why a lock that another spool wrote no longer holds (a reason to take it over), or '' while its
  * owner may still be there. `idleMs`: since the owner last touched it.
  */
-export function staleLock(holder: { pid?: unknown; host?: unknown; boot?: unknown; pidns?: unknown }, idleMs: number): string {
+function staleLock(holder: { pid?: unknown; host?: unknown; boot?: unknown; pidns?: unknown }, idleMs: number): string {
   const pid = typeof holder.pid === 'number' && Number.isSafeInteger(holder.pid) && holder.pid > 0 ? holder.pid : 0;
   // Locks appear whole (link), so an unreadable one is an old version's crash mid-write, or damage.
   if (!pid) return idleMs > LOCK_STALE_MS ? 'its lock file is unreadable' : '';
@@ -668,7 +668,7 @@ export class DiskSpool implements SpoolCounters {
       if (!isErrno(err, 'ENOENT')) throw err;
       // The whole folder was deleted while in use: made again, with our lock, so the spool goes on.
       await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
-      await this.createLock(path.join(this.dir, LOCK_FILE), this.ownLock ?? this.lockContent());
+      await this.createLock(path.join(this.dir, LOCK_FILE), this.ownLock!);
       this.onWarning(`the spool folder ${this.dir} was deleted while in use; made it again`);
       handle = await fs.open(file, 'w', 0o600);
     }

@@ -14,7 +14,7 @@ import { CameraTiming, namedNumberSetting } from './camera-settings';
 import { CaptureBusy, CaptureGuard } from './capture-guard';
 import { FfmpegSource, LIVE_TIMINGS, liveFps, LiveOptions, LiveSource, MjpegSource } from './live-sources';
 import {
-  detectSourceType, FileSource, FolderSource, FrameSource, looksLikeMjpeg, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
+  detectSourceType, FileSource, isV4l2Device, FolderSource, FrameSource, looksLikeMjpeg, normaliseToJpeg, redactUrl, SnapshotSource, SourceType, TestPatternSource,
 } from './sources';
 import { phaseOffset, TickSchedule } from './tick-schedule';
 import type { CameraEvent, FrameInfo } from '../lib/messages';
@@ -50,8 +50,7 @@ export type CameraHealth = 'starting' | 'online' | 'offline' | 'stopped' | 'fini
 /** Whether a source setting names a live camera (connected at deploy, so the first tick has a frame). */
 export function isLiveSetting(sourceType: string, source: string): boolean {
   if (['rtsp', 'v4l2', 'mjpeg'].includes(sourceType)) return true;
-  // (as detectSourceType tells them: /dev/v4l/by-id/... names a USB camera that keeps its name across ports)
-  return sourceType === 'auto' && (/^(rtsps?:|\/dev\/video|\/dev\/v4l\/)/i.test(source) || (/^https?:/i.test(source) && looksLikeMjpeg(source)));
+  return sourceType === 'auto' && (/^rtsps?:/i.test(source) || isV4l2Device(source) || (/^https?:/i.test(source) && looksLikeMjpeg(source)));
 }
 
 export class CameraRunner {

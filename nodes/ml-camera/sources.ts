@@ -49,11 +49,16 @@ export function looksLikeMjpeg(url: string): boolean {
  * V4L2, http(s) -> MJPEG stream when the path says so (.mjpg, /video, stream...) else a snapshot,
  * anything else a folder or file on disk.
  */
+/** A V4L2 device: /dev/videoN, or a stable /dev/v4l/by-id/... (or by-path) name of one. */
+export function isV4l2Device(source: string): boolean {
+  return /^\/dev\/video\d+$/.test(source) || source.startsWith('/dev/v4l/');
+}
+
 export async function detectSourceType(source: string): Promise<SourceType> {
   const value = source.trim();
   if (!value || value === 'pattern' || value === 'test-pattern') return 'pattern';
   if (/^rtsps?:\/\//i.test(value)) return 'rtsp';
-  if (/^\/dev\/video\d+$/.test(value) || value.startsWith('/dev/v4l/')) return 'v4l2';
+  if (isV4l2Device(value)) return 'v4l2';
   if (/^https?:\/\//i.test(value)) return looksLikeMjpeg(value) ? 'mjpeg' : 'url';
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
     throw new Error(`unsupported camera source "${redactUrl(value)}": ${EXPECTED_SOURCES}`);
