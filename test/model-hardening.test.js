@@ -6,7 +6,7 @@ const assert = require('node:assert/strict');
 const fs = require('fs');
 const path = require('path');
 const { liveWorkerCount } = require('../nodes/lib/model-runner');
-const { MODEL, MODEL_ROW, MODEL_ROW_SIZE, node, coreNode, redHelper, loadFlow, tmpDir, nextMessage, sleep, until } = require('./helpers');
+const { loggedBy, MODEL, MODEL_ROW, MODEL_ROW_SIZE, node, coreNode, redHelper, loadFlow, tmpDir, nextMessage, sleep, until } = require('./helpers');
 
 const FIXTURES = path.join(__dirname, 'fixtures', 'models');
 const fixture = (name) => path.join(FIXTURES, name);
@@ -145,7 +145,7 @@ test('a replaced model file is checked before it serves: refused files keep the 
   const model = helper.getNode('model');
   const answer = async () => (await infer(tensor([1, 3], [1, 1, 5]))).payload.label;
   assert.equal(await answer(), 'c');
-  const modelWarnings = () => helper.log().args.map((a) => a[0]).filter((e) => e.id === 'model' && e.level === helper.log().WARN).map((e) => e.msg);
+  const modelWarnings = () => loggedBy(helper, 'model', 'WARN');
 
   const replaceWith = async (write, event) => {
     const next = new Promise((resolve) => model.events.once(event, resolve));

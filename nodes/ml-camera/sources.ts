@@ -44,16 +44,16 @@ export function looksLikeMjpeg(url: string): boolean {
   }
 }
 
-/**
- * Decides the source type from the setting: '' -> test pattern, rtsp(s):// -> RTSP, /dev/video* ->
- * V4L2, http(s) -> MJPEG stream when the path says so (.mjpg, /video, stream...) else a snapshot,
- * anything else a folder or file on disk.
- */
 /** A V4L2 device: /dev/videoN, or a stable /dev/v4l/by-id/... (or by-path) name of one. */
 export function isV4l2Device(source: string): boolean {
   return /^\/dev\/video\d+$/.test(source) || source.startsWith('/dev/v4l/');
 }
 
+/**
+ * Decides the source type from the setting: '' -> test pattern, rtsp(s):// -> RTSP, /dev/video* ->
+ * V4L2, http(s) -> MJPEG stream when the path says so (.mjpg, /video, stream...) else a snapshot,
+ * anything else a folder or file on disk.
+ */
 export async function detectSourceType(source: string): Promise<SourceType> {
   const value = source.trim();
   if (!value || value === 'pattern' || value === 'test-pattern') return 'pattern';
