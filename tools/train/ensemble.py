@@ -19,7 +19,9 @@ pre-processing, since the resize moves its accuracy a little.
 
 With --single-view, each member drops the mirror-image half of train.py's export (the average of the
 frame's and its mirror image's logits, two passes of the network): one pass per member, so two
-members cost about what one flip-averaged member does.
+members cost about what one flip-averaged member does. --views gives each member its own view:
+`both` (as exported), `frame` (the single view) or `mirror` (one pass over the mirror image), so two
+members can share the two views of the flip average between them: `--views frame mirror`.
 
 Weights are stored as float16 by default (--weights float32 keeps them as they are): each float16
 initialiser feeds a Cast to float32, which onnxruntime folds into a constant when it loads the
@@ -62,7 +64,11 @@ def parse_args():
     p.add_argument("--resize-members", action="store_true",
                    help="allow members with another input size: they read the first member's input, resized")
     p.add_argument("--single-view", action="store_true",
-                   help="drop each member's mirror-image half (train.py's flip average): half the cost per member")
+                   help="drop each member's mirror-image half (train.py's flip average): half the cost per member "
+                        "(the same as --views frame for every member)")
+    p.add_argument("--views", nargs="+", choices=tuple(VIEWS), metavar="VIEW",
+                   help="one per member: 'both' (as train.py exports it: the frame and its mirror image), 'frame' "
+                        "(one pass over the frame) or 'mirror' (one pass over its mirror image)")
     return p.parse_args()
 
 
@@ -136,6 +142,30 @@ def single_view(model, path):
     del g.value_info[:]
     onnx.checker.check_model(model)
     return model
+
+
+def mirror_view(model, path):
+    """One pass of the member over the mirror image of the frame: its single view, reading the input
+    reversed along the width (what train.py's export feeds its mirror-image half)."""
+    model = single_view(model, path)
+    g = model.graph
+    (inp,) = [i.name for i in g.input if i.name not in {t.name for t in g.initializer}]
+    mirrored = inp + "/mirror"
+    for n in g.node:
+        n.input[:] = [mirrored if x == inp else x for x in n.input]
+    consts = {"starts": -1, "ends": -(2 ** 62), "axes": 3, "steps": -1}
+    g.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), f"mirror/{k}") for k, v in consts.items())
+    flip = helper.make_node("Slice", [inp] + [f"mirror/{k}" for k in consts], [mirrored], name="mirror_view")
+    nodes = [flip] + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+VIEWS = {"both": None, "frame": single_view, "mirror": mirror_view}
+VIEW_WORDS = {"both": "the frame and its mirror image (two passes)", "frame": "single: the frame",
+              "mirror": "single: the mirror image of the frame"}
 
 
 def store_float16(nodes, inits):
@@ -246,28 +276,36 @@ def main():
     if len(args.members) < 2:
         sys.exit("an ensemble needs at least two members")
     names = [os.path.basename(p) for p in args.members]
-    if args.single_view:
+    if args.views and args.single_view:
+        sys.exit("--single-view and --views: give one of them")
+    if args.views and len(args.views) != len(args.members):
+        sys.exit(f"--views needs one view per member ({len(args.members)}), got {len(args.views)}")
+    views = args.views or ["frame" if args.single_view else "both"] * len(args.members)
+    if any(v != "both" for v in views):
         # The members as they run inside the ensemble, so that each is also evaluated that way.
-        views = tempfile.mkdtemp(prefix="single-view-")
-        atexit.register(shutil.rmtree, views, True)
+        folder = tempfile.mkdtemp(prefix="member-views-")
+        atexit.register(shutil.rmtree, folder, True)
         paths = []
-        for i, p in enumerate(args.members):
-            paths.append(os.path.join(views, f"member{i}.onnx"))
-            onnx.save(single_view(onnx.load(p), p), paths[-1])
+        for i, (p, view) in enumerate(zip(args.members, views)):
+            if VIEWS[view] is None:
+                paths.append(p)
+                continue
+            paths.append(os.path.join(folder, f"member{i}-{view}.onnx"))
+            onnx.save(VIEWS[view](onnx.load(p), p), paths[-1])
         args.members = paths
     model, members = merge(args.members, args.weights, args.resize_members)
     member_training = []
-    for name, m in zip(names, members):
+    for name, m, view in zip(names, members, views):
         t = metadata(m).get("training", "{}")
         try:
             t = json.loads(t)
         except ValueError:
             pass
-        member_training.append(dict({"file": name, "training": t},
-                                    **({"view": "single: the mirror-image half dropped"} if args.single_view else {})))
+        member_training.append({"file": name, "training": t, "view": VIEW_WORDS[view]})
     props = dict(metadata(members[0]))
     training = {"ensemble": f"mean of the logits of {len(members)} members"
-                            + (", each without its mirror-image half" if args.single_view else ""),
+                            + (", each without its mirror-image half" if args.single_view else "")
+                            + (f", views: {', '.join(views)}" if args.views else ""),
                 "weights_stored_as": args.weights,
                 "members": member_training}
     props["training"] = json.dumps(training)
