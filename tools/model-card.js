@@ -68,16 +68,20 @@ function trainingPart(metrics) {
   if (!metrics) return '_No `.metrics.json` beside the model: training figures unknown._';
   if (metrics.members) {
     // An ensemble folded by tools/train/ensemble.py.
+    const trainingOf = (m) => (typeof m.training === 'string' ? JSON.parse(m.training) : (m.training || {}));
+    const startedFrom = metrics.members.map((m, i) => [i, trainingOf(m).init_onnx]).filter(([, from]) => from)
+      .map(([i, from]) => `Member ${i + 1} started from the weights of \`${from.file}\` (${from.epochs ?? '?'} epochs, ${from.train_minutes ?? '?'} minutes of its own).`);
     return [
       `An ensemble of ${metrics.members.length} networks folded into one graph (\`tools/train/ensemble.py\`):`,
       '',
-      '| member | epochs | seed | training | alone, through the pipeline |',
-      '| --- | ---: | ---: | ---: | ---: |',
+      '| member | view | epochs | seed | training | alone in its view, through the pipeline |',
+      '| --- | --- | ---: | ---: | ---: | ---: |',
       ...metrics.members.map((m) => {
-        const t = typeof m.training === 'string' ? JSON.parse(m.training) : (m.training || {});
+        const t = trainingOf(m);
         const alone = m.validation?.accuracy;
-        return `| ${m.file} | ${t.epochs ?? '?'} | ${t.seed ?? '?'} | ${t.train_minutes !== undefined ? `${t.train_minutes} min` : '?'} | ${alone !== undefined ? pct(alone) : '?'} |`;
+        return `| ${m.file} | ${m.view ?? 'as exported'} | ${t.epochs ?? '?'} | ${t.seed ?? '?'} | ${t.train_minutes !== undefined ? `${t.train_minutes} min` : '?'} | ${alone !== undefined ? pct(alone) : '?'} |`;
       }),
+      ...(startedFrom.length ? ['', ...startedFrom] : []),
     ].join('\n');
   }
   const input = metrics.input ? `${metrics.input[0]} x ${metrics.input[1]}` : 'the default size';

@@ -263,6 +263,23 @@ def merge(members, weights, resize=False, input_model=None):
     return model, models
 
 
+def member_run(path):
+    """What train.py's .metrics.json beside a member says about its run (minutes, epochs, the model it
+    started from), for the card: the file's own metadata records only the recipe."""
+    metrics_path = os.path.splitext(path)[0] + ".metrics.json"
+    if not os.path.exists(metrics_path):
+        return {}
+    with open(metrics_path) as fh:
+        metrics = json.load(fh)
+    if "members" in metrics:
+        return {}
+    run = {k: metrics[k] for k in ("epochs", "seed", "train_minutes", "threads", "input") if k in metrics}
+    for k in ("init_onnx", "teachers"):
+        if metrics.get(k):
+            run[k] = metrics[k]
+    return run
+
+
 def evaluate(model_path, args, workdir, tag):
     out = os.path.join(workdir, f"{tag}.json")
     subprocess.run(["node", os.path.join(ROOT, "tools", "evaluate.js"), "--model", model_path, "--data", args.data,
@@ -276,6 +293,7 @@ def main():
     if len(args.members) < 2:
         sys.exit("an ensemble needs at least two members")
     names = [os.path.basename(p) for p in args.members]
+    run_figures = [member_run(p) for p in args.members]
     if args.views and args.single_view:
         sys.exit("--single-view and --views: give one of them")
     if args.views and len(args.views) != len(args.members):
@@ -295,12 +313,14 @@ def main():
         args.members = paths
     model, members = merge(args.members, args.weights, args.resize_members)
     member_training = []
-    for name, m, view in zip(names, members, views):
+    for name, m, view, run in zip(names, members, views, run_figures):
         t = metadata(m).get("training", "{}")
         try:
             t = json.loads(t)
         except ValueError:
             pass
+        if isinstance(t, dict):
+            t.update(run)
         member_training.append({"file": name, "training": t, "view": VIEW_WORDS[view]})
     props = dict(metadata(members[0]))
     training = {"ensemble": f"mean of the logits of {len(members)} members"
