@@ -45,6 +45,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export import run_metrics
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CONTRACT_KEYS = ("labels", "preprocess", "output")
@@ -265,18 +267,12 @@ def merge(members, weights, resize=False, input_model=None):
 
 def member_run(path):
     """What train.py's .metrics.json beside a member says about its run (minutes, epochs, the model it
-    started from), for the card: the file's own metadata records only the recipe."""
-    metrics_path = os.path.splitext(path)[0] + ".metrics.json"
-    if not os.path.exists(metrics_path):
-        return {}
-    with open(metrics_path) as fh:
-        metrics = json.load(fh)
-    if "members" in metrics:
+    started from), for the card."""
+    metrics = run_metrics(path)
+    if "members" in metrics:  # an ensemble's own metrics: no run of its own
         return {}
     run = {k: metrics[k] for k in ("epochs", "seed", "train_minutes", "threads", "input") if k in metrics}
-    for k in ("init_onnx", "teachers"):
-        if metrics.get(k):
-            run[k] = metrics[k]
+    run.update({k: metrics[k] for k in ("init_onnx", "teachers") if metrics.get(k)})
     return run
 
 

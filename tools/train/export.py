@@ -21,3 +21,13 @@ def save_with_metadata(exported_path, path, props):
     onnx.checker.check_model(m)
     onnx.save(m, path)
     os.remove(exported_path)
+
+
+def run_metrics(model_path):
+    """The .metrics.json train.py wrote beside an exported model (epochs, minutes, what it started
+    from...), or {} when there is none: the model's own metadata records only the recipe."""
+    metrics_path = os.path.splitext(model_path)[0] + ".metrics.json"
+    if not os.path.exists(metrics_path):
+        return {}
+    with open(metrics_path) as fh:
+        return json.load(fh)

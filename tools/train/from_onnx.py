@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from export import run_metrics
 from net import WasteNet
 
 
@@ -139,10 +140,8 @@ def describe(path):
     preprocess = json.loads(meta.get("preprocess", "{}"))
     about = {"file": os.path.basename(path), "input": [preprocess.get("width"), preprocess.get("height")],
              "training": json.loads(meta.get("training", "{}"))}
-    metrics_path = os.path.splitext(path)[0] + ".metrics.json"
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as fh:
-            metrics = json.load(fh)
+    metrics = run_metrics(path)
+    if metrics:
         about.update({k: metrics[k] for k in ("epochs", "train_minutes", "seed") if k in metrics})
         about["validation_accuracy"] = metrics.get("validation", {}).get("accuracy")
     return about
