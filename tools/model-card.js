@@ -69,8 +69,16 @@ function trainingPart(metrics) {
   if (metrics.members) {
     // An ensemble folded by tools/train/ensemble.py.
     const trainingOf = (m) => (typeof m.training === 'string' ? JSON.parse(m.training) : (m.training || {}));
+    // A member that started from another member's weights (same seed, epochs and minutes) names it.
+    const sameRun = (from, m) => ['seed', 'epochs', 'train_minutes'].every((k) => from[k] !== undefined && from[k] === trainingOf(m)[k]);
     const startedFrom = metrics.members.map((m, i) => [i, trainingOf(m).init_onnx]).filter(([, from]) => from)
-      .map(([i, from]) => `Member ${i + 1} started from the weights of \`${from.file}\` (${from.epochs ?? '?'} epochs, ${from.train_minutes ?? '?'} minutes of its own).`);
+      .map(([i, from]) => {
+        const parent = metrics.members.findIndex((m, j) => j !== i && sameRun(from, m));
+        if (parent >= 0) return `Member ${i + 1} is a further run from the weights of member ${parent + 1} (its run recorded them as \`${from.file}\`).`;
+        return `Member ${i + 1} started from the weights of \`${from.file}\` (${from.epochs ?? '?'} epochs, ${from.train_minutes ?? '?'} minutes of its own).`;
+      });
+    const minutes = metrics.members.map((m) => trainingOf(m).train_minutes);
+    const total = minutes.every((n) => typeof n === 'number') ? minutes.reduce((a, b) => a + b, 0) : undefined;
     return [
       `An ensemble of ${metrics.members.length} networks folded into one graph (\`tools/train/ensemble.py\`):`,
       '',
@@ -82,6 +90,7 @@ function trainingPart(metrics) {
         return `| ${m.file} | ${m.view ?? 'as exported'} | ${t.epochs ?? '?'} | ${t.seed ?? '?'} | ${t.train_minutes !== undefined ? `${t.train_minutes} min` : '?'} | ${alone !== undefined ? pct(alone) : '?'} |`;
       }),
       ...(startedFrom.length ? ['', ...startedFrom] : []),
+      ...(total !== undefined ? ['', `Training time of all members together: **${total.toFixed(1)} minutes** (the wall-clock minutes each run recorded).`] : []),
     ].join('\n');
   }
   const input = metrics.input ? `${metrics.input[0]} x ${metrics.input[1]}` : 'the default size';

@@ -387,7 +387,7 @@ def main():
         "validation_photos": ens["photos"],
         "validation": strip(ens),
         "check": {"max_abs_difference_from_member_mean": deviation, "same_top1_as_member_mean": same_top1},
-        "members": [dict({"file": t["file"], "training": t["training"], "validation": strip(e)},
+        "members": [dict({"file": t["file"], "view": t["view"], "training": t["training"], "validation": strip(e)},
                          **({"validation_inside_ensemble_resized_input": strip(r)} if r is not e else {}))
                     for t, e, r in zip(member_training, evals, inside)],
     }
