@@ -33,6 +33,7 @@ test('the sorter flow classifies real photos and publishes results and bin decis
     assert.ok(results.length >= total - 2, `${results.length} of ${total} frames produced a result`);
 
     let right = 0;
+    let wrongBin = 0;
     for (const r of results) {
       for (const field of ['camera', 'seq', 'capturedAt', 'origin', 'label', 'score', 'topK', 'bin']) assert.ok(field in r, `result has ${field}`);
       assert.equal(r.camera, 'belt1');
@@ -43,8 +44,14 @@ test('the sorter flow classifies real photos and publishes results and bin decis
       if (r.bin === 'review') assert.ok(r.score < 0.6, 'only low-confidence frames go to review');
       else assert.equal(r.bin, BIN_OF[r.label], 'the bin follows the predicted class');
       if (r.bin === BIN_OF[truth]) right++;
+      else if (r.bin !== 'review') wrongBin++;
     }
-    assert.ok(right / results.length >= 0.7, `right bin for ${right} of ${results.length} photos`);
+    // Uncertain frames going to review is the flow doing its job, not a wrong bin. On all 414
+    // validation photos the shipped model at the flow's 0.6 sends 18.6 % to review and 0.7 % to a
+    // wrong bin (models/README.md); these 36 get margins for their sampling noise.
+    const reviewed = results.filter((r) => r.bin === 'review');
+    assert.ok(wrongBin <= 0.1 * results.length, `wrong bin for ${wrongBin} of ${results.length} photos`);
+    assert.ok(reviewed.length <= results.length / 3, `${reviewed.length} of ${results.length} photos sent to review`);
 
     // Results and decisions are two publishes per frame: wait for the decisions of the same frames.
     const isDivert = (m) => m.topic === 'recycling/belt1/divert' && JSON.parse(m.payload).seq <= total;
@@ -57,7 +64,6 @@ test('the sorter flow classifies real photos and publishes results and bin decis
       assert.equal(d.label, bySeq.get(d.seq).label);
     }
 
-    const reviewed = results.filter((r) => r.bin === 'review');
     const savedFrames = () => (fs.existsSync(reviewDir) ? fs.readdirSync(reviewDir, { recursive: true }).filter((f) => f.endsWith('.jpg')) : []);
     await until(() => savedFrames().length >= reviewed.length, 10_000, 'the uncertain frames on disk').catch(() => undefined);
     const saved = savedFrames();

@@ -71,12 +71,12 @@ function trainingPart(metrics) {
     const trainingOf = (m) => (typeof m.training === 'string' ? JSON.parse(m.training) : (m.training || {}));
     // A member that started from another member's weights (same seed, epochs and minutes) names it.
     const sameRun = (from, m) => ['seed', 'epochs', 'train_minutes'].every((k) => from[k] !== undefined && from[k] === trainingOf(m)[k]);
-    const startedFrom = metrics.members.map((m, i) => [i, trainingOf(m).init_onnx]).filter(([, from]) => from)
-      .map(([i, from]) => {
-        const parent = metrics.members.findIndex((m, j) => j !== i && sameRun(from, m));
-        if (parent >= 0) return `Member ${i + 1} is a further run from the weights of member ${parent + 1} (its run recorded them as \`${from.file}\`).`;
-        return `Member ${i + 1} started from the weights of \`${from.file}\` (${from.epochs ?? '?'} epochs, ${from.train_minutes ?? '?'} minutes of its own).`;
-      });
+    const origins = metrics.members.map((m, i) => ({ i, from: trainingOf(m).init_onnx })).filter((o) => o.from)
+      .map((o) => ({ ...o, parent: metrics.members.findIndex((m, j) => j !== o.i && sameRun(o.from, m)) }));
+    const startedFrom = origins.map(({ i, from, parent }) => (parent >= 0
+      ? `Member ${i + 1} is a further run from the weights of member ${parent + 1} (member ${i + 1}'s run recorded member ${parent + 1}'s file as \`${from.file}\`).`
+      : `Member ${i + 1} started from the weights of \`${from.file}\` (${from.epochs ?? '?'} epochs, ${from.train_minutes ?? '?'} minutes of its own).`));
+    const outsideStart = origins.some((o) => o.parent < 0);
     const minutes = metrics.members.map((m) => trainingOf(m).train_minutes);
     const total = minutes.every((n) => typeof n === 'number') ? minutes.reduce((a, b) => a + b, 0) : undefined;
     return [
@@ -90,7 +90,7 @@ function trainingPart(metrics) {
         return `| ${m.file} | ${m.view ?? 'as exported'} | ${t.epochs ?? '?'} | ${t.seed ?? '?'} | ${t.train_minutes !== undefined ? `${t.train_minutes} min` : '?'} | ${alone !== undefined ? pct(alone) : '?'} |`;
       }),
       ...(startedFrom.length ? ['', ...startedFrom] : []),
-      ...(total !== undefined ? ['', `Training time of all members together: **${total.toFixed(1)} minutes** (the wall-clock minutes each run recorded).`] : []),
+      ...(total !== undefined ? ['', `Training time of all members together: **${total.toFixed(1)} minutes** (the wall-clock minutes each run recorded${outsideStart ? '; a model started from that is not a member adds its own, above' : ''}).`] : []),
     ].join('\n');
   }
   const input = metrics.input ? `${metrics.input[0]} x ${metrics.input[1]}` : 'the default size';

@@ -2,7 +2,7 @@
 """Fold several trained classifiers into ONE ONNX graph that averages their logits.
 
 Usage (Debian's Python, which owns python3-onnx; evaluation needs `npx tsc -p .` and Node):
-  /usr/bin/python3 tools/train/ensemble.py --members models/waste-classifier.onnx other-seed.onnx \
+  /usr/bin/python3 tools/train/ensemble.py --members tools/train/runs/one.onnx tools/train/runs/other-seed.onnx \
       --out ensemble.onnx
 
 The members must come from train.py with the same labels, pre-processing and output (they are

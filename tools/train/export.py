@@ -1,4 +1,5 @@
-"""What every model of the recipe shares on export: the input normalisation and our ONNX metadata."""
+"""What every model of the recipe shares on export (the input normalisation and our ONNX metadata), and
+reading back the figures a run wrote beside its model."""
 import json
 import os
 
@@ -24,8 +25,8 @@ def save_with_metadata(exported_path, path, props):
 
 
 def run_metrics(model_path):
-    """The .metrics.json train.py wrote beside an exported model (epochs, minutes, what it started
-    from...), or {} when there is none: the model's own metadata records only the recipe."""
+    """The .metrics.json written beside a model (by train.py: epochs, minutes, what it started from...;
+    by ensemble.py: its members), or {} when there is none: the model's metadata records only the recipe."""
     metrics_path = os.path.splitext(model_path)[0] + ".metrics.json"
     if not os.path.exists(metrics_path):
         return {}

@@ -18,18 +18,42 @@ from export import run_metrics
 from net import WasteNet
 
 
+def split_member(path):
+    """'FILE#N' names member N (from 1, as the card counts) of an ensemble.py file: (FILE, N or None)."""
+    file, sep, member = path.rpartition("#")
+    if sep and member.isdigit() and int(member) >= 1:
+        return file, int(member)
+    return path, None
+
+
 def read_model(path):
     """(metadata, [(conv weight, conv bias) in graph order], (head weight, head bias)) of one network in
-    the file: a flip-averaged export runs the same weights twice, so each weight counts once."""
+    the file: a flip-averaged export runs the same weights twice, so each weight counts once.
+    For an ensemble (ensemble.py) the path must name a member: 'FILE#N'."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(path)
-    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    file, member = split_member(path)
+    model = onnx.load(file)
+    meta = {p.key: p.value for p in model.metadata_props}
+    members = json.loads(meta.get("training", "{}") or "{}").get("members")
+    nodes = list(model.graph.node)
+    if members:
+        if member is None or member > len(members):
+            raise SystemExit(f"{file}: an ensemble of {len(members)} networks (ensemble.py); name one as "
+                             f"{file}#N, N from 1 to {len(members)} ({', '.join(m.get('file', '?') for m in members)}), "
+                             f"got {'no member' if member is None else f'member {member}'}")
+        # ensemble.py copies member k's nodes and weights under the prefix m{k-1}/.
+        prefix = f"m{member - 1}/"
+        nodes = [n for n in nodes if n.output[0].startswith(prefix)]
+    elif member is not None:
+        raise SystemExit(f"{file}: one network, not an ensemble; '#{member}' names a member of an ensemble")
+    init = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
+    # Identity (flip-averaged exports) and Cast (ensemble.py's float16 storage) only rename a weight.
+    alias = {n.output[0]: n.input[0] for n in nodes if n.op_type in ("Identity", "Cast")}
     resolve = lambda name: init[alias.get(name, name)]
     convs, seen, head = [], set(), None
-    for node in model.graph.node:
+    for node in nodes:
         if node.op_type == "Conv":
             weight_name = alias.get(node.input[1], node.input[1])
             if weight_name in seen:
@@ -44,7 +68,6 @@ def read_model(path):
             head = (weight if attrs.get("transB", 0) else weight.T, resolve(node.input[2]))
     if head is None:
         raise SystemExit(f"{path}: no fully connected head; not an export of train.py")
-    meta = {p.key: p.value for p in model.metadata_props}
     return meta, convs, head
 
 
@@ -131,16 +154,26 @@ def unfold_batch_norms(net, batches):
 def describe(path):
     """What the card says about a model a run started from or distilled from: its file name, input
     size and training (the `training` metadata and, when train.py's .metrics.json lies beside it, the
-    epochs and minutes it records)."""
+    epochs and minutes it records; for a member of an ensemble, 'FILE#N', what the ensemble records
+    of that member)."""
     import os
 
     import onnx
 
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    file, member = split_member(path)
+    meta = {p.key: p.value for p in onnx.load(file, load_external_data=False).metadata_props}
     preprocess = json.loads(meta.get("preprocess", "{}"))
-    about = {"file": os.path.basename(path), "input": [preprocess.get("width"), preprocess.get("height")],
-             "training": json.loads(meta.get("training", "{}"))}
-    metrics = run_metrics(path)
+    training = json.loads(meta.get("training", "{}") or "{}")
+    about = {"file": os.path.basename(file) + (f"#{member}" if member else ""),
+             "input": [preprocess.get("width"), preprocess.get("height")]}
+    if member:
+        of_member = training["members"][member - 1]
+        training = of_member["training"] if isinstance(of_member.get("training"), dict) else {}
+        about.update({k: training[k] for k in ("epochs", "train_minutes", "seed") if k in training})
+        about["member_file"] = of_member.get("file")
+        about["validation_accuracy"] = training.get("validation_accuracy")
+    about["training"] = training
+    metrics = {} if member else run_metrics(file)
     if metrics:
         about.update({k: metrics[k] for k in ("epochs", "train_minutes", "seed") if k in metrics})
         about["validation_accuracy"] = metrics.get("validation", {}).get("accuracy")
