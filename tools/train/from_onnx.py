@@ -26,6 +26,21 @@ def split_member(path):
     return path, None
 
 
+def ensemble_member(file, meta, member):
+    """What an ensemble.py file's `training` metadata records of member N (from 1), or None for a file
+    of one network; refuses an ensemble without a valid member, and a member of one network."""
+    members = json.loads(meta.get("training", "{}") or "{}").get("members")
+    if members:
+        if member is None or member > len(members):
+            raise SystemExit(f"{file}: an ensemble of {len(members)} networks (ensemble.py); name one as "
+                             f"{file}#N, N from 1 to {len(members)} ({', '.join(m.get('file', '?') for m in members)}), "
+                             f"got {'no member' if member is None else f'member {member}'}")
+        return members[member - 1]
+    if member is not None:
+        raise SystemExit(f"{file}: one network, not an ensemble; '#{member}' names a member of an ensemble")
+    return None
+
+
 def read_model(path):
     """(metadata, [(conv weight, conv bias) in graph order], (head weight, head bias)) of one network in
     the file: a flip-averaged export runs the same weights twice, so each weight counts once.
@@ -36,18 +51,11 @@ def read_model(path):
     file, member = split_member(path)
     model = onnx.load(file)
     meta = {p.key: p.value for p in model.metadata_props}
-    members = json.loads(meta.get("training", "{}") or "{}").get("members")
     nodes = list(model.graph.node)
-    if members:
-        if member is None or member > len(members):
-            raise SystemExit(f"{file}: an ensemble of {len(members)} networks (ensemble.py); name one as "
-                             f"{file}#N, N from 1 to {len(members)} ({', '.join(m.get('file', '?') for m in members)}), "
-                             f"got {'no member' if member is None else f'member {member}'}")
+    if ensemble_member(file, meta, member) is not None:
         # ensemble.py copies member k's nodes and weights under the prefix m{k-1}/.
         prefix = f"m{member - 1}/"
         nodes = [n for n in nodes if n.output[0].startswith(prefix)]
-    elif member is not None:
-        raise SystemExit(f"{file}: one network, not an ensemble; '#{member}' names a member of an ensemble")
     init = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in model.graph.initializer}
     # Identity (flip-averaged exports) and Cast (ensemble.py's float16 storage) only rename a weight.
     alias = {n.output[0]: n.input[0] for n in nodes if n.op_type in ("Identity", "Cast")}
@@ -166,8 +174,8 @@ def describe(path):
     training = json.loads(meta.get("training", "{}") or "{}")
     about = {"file": os.path.basename(file) + (f"#{member}" if member else ""),
              "input": [preprocess.get("width"), preprocess.get("height")]}
-    if member:
-        of_member = training["members"][member - 1]
+    of_member = ensemble_member(file, meta, member)
+    if of_member is not None:
         training = of_member["training"] if isinstance(of_member.get("training"), dict) else {}
         about.update({k: training[k] for k in ("epochs", "train_minutes", "seed") if k in training})
         about["member_file"] = of_member.get("file")

@@ -95,6 +95,21 @@ def make_crops(rng, cutouts, count, size, jitter):
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
+def cached_crops(split, seed, cutouts, count, size, jitter, cache_dir=os.path.join(HERE, "cache")):
+    """make_crops, kept on disk: the same crops (seed, count, size) serve every run that compares
+    training settings, and making them takes minutes."""
+    path = os.path.join(cache_dir, f"crops-{split}-{len(cutouts)}-{count}-{size}-{seed}{'-jitter' if jitter else ''}.npz")
+    if os.path.exists(path):
+        data = np.load(path)
+        return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
+    images, labels = make_crops(np.random.default_rng(seed), cutouts, count, size, jitter)
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, images=images.numpy(), labels=labels.numpy())
+    os.replace(path + ".tmp", path)
+    return images, labels
+
+
 @torch.no_grad()
 def accuracy(model, x, y, batch=256):
     model.eval()
@@ -120,8 +135,8 @@ def main():
     val_cut, _ = scenes.load_cutouts(args.data, "val")
     # Training crops at 1.25x the input size, so augmentation's zoom and rotation keep detail.
     big = round(args.size * 1.25)
-    train_x, train_y = make_crops(np.random.default_rng(args.seed), train_cut, args.train_crops, big, jitter=True)
-    val_x, val_y = make_crops(np.random.default_rng(args.seed + 1), val_cut, args.val_crops, args.size, jitter=False)
+    train_x, train_y = cached_crops("train", args.seed, train_cut, args.train_crops, big, jitter=True)
+    val_x, val_y = cached_crops("val", args.seed + 1, val_cut, args.val_crops, args.size, jitter=False)
     print(f"classes {classes}; {len(train_x)} training crops, {len(val_x)} validation crops, made in {time.time() - t0:.0f} s",
           flush=True)
 
