@@ -14,6 +14,7 @@ Usage (Debian's Python, which owns python3-torch):
   /usr/bin/python3 tools/train/train_crops.py --data ../shared/datasets/trashnet --out /tmp/belt-crops.onnx
 """
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -96,9 +97,17 @@ def make_crops(rng, cutouts, count, size, jitter):
 
 
 def cached_crops(split, seed, cutouts, count, size, jitter, cache_dir=os.path.join(HERE, "cache")):
-    """make_crops, kept on disk: the same crops (seed, count, size) serve every run that compares
-    training settings, and making them takes minutes."""
-    path = os.path.join(cache_dir, f"crops-{split}-{len(cutouts)}-{count}-{size}-{seed}{'-jitter' if jitter else ''}.npz")
+    """make_crops, kept on disk: the same crops serve every run that compares training settings, and
+    making them takes minutes. The key covers the cut-outs themselves and the code that draws the scenes
+    and cuts the crops, so better masks or new belts never reuse stale crops."""
+    key = hashlib.sha1(f"{seed}|{count}|{size}|{jitter}".encode())
+    for source in (scenes.__file__, __file__):
+        with open(source, "rb") as f:
+            key.update(f.read())
+    for rgba, cls in cutouts:
+        key.update(rgba.tobytes())
+        key.update(bytes([cls]))
+    path = os.path.join(cache_dir, f"crops-{split}-{count}-{size}-{key.hexdigest()[:10]}.npz")
     if os.path.exists(path):
         data = np.load(path)
         return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
@@ -137,7 +146,7 @@ def main():
     big = round(args.size * 1.25)
     train_x, train_y = cached_crops("train", args.seed, train_cut, args.train_crops, big, jitter=True)
     val_x, val_y = cached_crops("val", args.seed + 1, val_cut, args.val_crops, args.size, jitter=False)
-    print(f"classes {classes}; {len(train_x)} training crops, {len(val_x)} validation crops, made in {time.time() - t0:.0f} s",
+    print(f"classes {classes}; {len(train_x)} training crops, {len(val_x)} validation crops, ready in {time.time() - t0:.0f} s",
           flush=True)
 
     model = WasteNet(len(classes), widths=tuple(int(w) for w in args.widths.split(",")))
