@@ -45,6 +45,22 @@ def read_model(path):
     """(metadata, [(conv weight, conv bias) in graph order], (head weight, head bias)) of one network in
     the file: a flip-averaged export runs the same weights twice, so each weight counts once.
     For an ensemble (ensemble.py) the path must name a member: 'FILE#N'."""
+    meta, convs, nodes, resolve = read_convs(path)
+    head = None
+    for node in nodes:
+        if node.op_type == "Gemm":
+            attrs = {a.name: a.i for a in node.attribute}
+            weight = resolve(node.input[1])
+            head = (weight if attrs.get("transB", 0) else weight.T, resolve(node.input[2]))
+            break
+    if head is None:
+        raise SystemExit(f"{path}: no fully connected head; not an export of train.py")
+    return meta, convs, head
+
+
+def read_convs(path):
+    """(metadata, [(conv weight, conv bias) in graph order, each weight once], the graph's nodes, a
+    reader of a weight by name) of one network in an ONNX file this project exported."""
     import onnx
     from onnx import numpy_helper
 
@@ -60,7 +76,7 @@ def read_model(path):
     # Identity (flip-averaged exports) and Cast (ensemble.py's float16 storage) only rename a weight.
     alias = {n.output[0]: n.input[0] for n in nodes if n.op_type in ("Identity", "Cast")}
     resolve = lambda name: init[alias.get(name, name)]
-    convs, seen, head = [], set(), None
+    convs, seen = [], set()
     for node in nodes:
         if node.op_type == "Conv":
             weight_name = alias.get(node.input[1], node.input[1])
@@ -68,15 +84,38 @@ def read_model(path):
                 continue
             seen.add(weight_name)
             if len(node.input) < 3:
-                raise SystemExit(f"{path}: convolution {node.name} has no bias; not an export of train.py")
+                raise SystemExit(f"{path}: convolution {node.name} has no bias; not an export of this project's training")
             convs.append((resolve(node.input[1]), resolve(node.input[2])))
-        elif node.op_type == "Gemm" and head is None:
-            attrs = {a.name: a.i for a in node.attribute}
-            weight = resolve(node.input[1])
-            head = (weight if attrs.get("transB", 0) else weight.T, resolve(node.input[2]))
-    if head is None:
-        raise SystemExit(f"{path}: no fully connected head; not an export of train.py")
-    return meta, convs, head
+    return meta, convs, nodes, resolve
+
+
+@torch.no_grad()
+def load_convolutions(net, path):
+    """Copies the convolutions of an exported file into `net` (any network of conv_bn blocks and plain
+    convolutions, as train_detector.py's): each convolution of the net, in module order, takes the
+    first unused one of its shape in the file (graph order can differ from module order where a
+    forward pass runs a later module first). A convolution followed by a batch norm gets the folded
+    weight and its batch norm the identity plus the folded bias, as `load` does; unfold_batch_norms
+    then makes it trainable. Returns the file's metadata."""
+    meta, convs, _, _ = read_convs(path)
+    modules = list(net.modules())
+    used = [False] * len(convs)
+    for i, m in enumerate(modules):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        k = next((j for j, (w, _) in enumerate(convs) if not used[j] and w.shape == tuple(m.weight.shape)), None)
+        if k is None:
+            raise SystemExit(f"{path}: no convolution of shape {tuple(m.weight.shape)} left for the network's")
+        used[k] = True
+        weight, bias = convs[k]
+        if m.bias is not None:
+            m.weight.copy_(torch.from_numpy(np.array(weight)))
+            m.bias.copy_(torch.from_numpy(np.array(bias)))
+        else:
+            set_folded(m, next(x for x in modules[i + 1:] if isinstance(x, nn.BatchNorm2d)), weight, bias)
+    if not all(used):
+        raise SystemExit(f"{path}: {used.count(False)} convolutions more than the network has")
+    return meta
 
 
 def widths_of(convs):
@@ -90,15 +129,25 @@ def widths_of(convs):
 
 
 def conv_bn_pairs(net):
-    """(conv, batch norm) of every convolution of a WasteNet in the order its forward pass runs them,
-    which is the order they appear in an export."""
+    """(conv, batch norm) of every convolution followed by a batch norm (conv_bn: no bias of its own),
+    in module order; for a WasteNet that is the order its forward pass runs them and an export lists them."""
     modules = list(net.modules())
     pairs = []
     for i, m in enumerate(modules):
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and m.bias is None:
             bn = next(x for x in modules[i + 1:] if isinstance(x, nn.BatchNorm2d))
             pairs.append((m, bn))
     return pairs
+
+
+def set_folded(conv, bn, weight, bias):
+    """An exported convolution with its batch norm folded in: the weight to the convolution, the batch
+    norm the identity plus the folded bias."""
+    conv.weight.copy_(torch.from_numpy(np.array(weight)))
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1 - bn.eps)  # so that sqrt(var + eps) is exactly 1
+    bn.weight.fill_(1)
+    bn.bias.copy_(torch.from_numpy(np.array(bias)))
 
 
 @torch.no_grad()
@@ -116,11 +165,7 @@ def load(path, classes):
     for (conv, bn), (weight, bias) in zip(pairs, convs):
         if tuple(conv.weight.shape) != weight.shape:
             raise SystemExit(f"{path}: convolution of shape {weight.shape} where net.py has {tuple(conv.weight.shape)}")
-        conv.weight.copy_(torch.from_numpy(np.array(weight)))
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1 - bn.eps)  # so that sqrt(var + eps) is exactly 1
-        bn.weight.fill_(1)
-        bn.bias.copy_(torch.from_numpy(np.array(bias)))
+        set_folded(conv, bn, weight, bias)
     head = net.head[-1]
     head.weight.copy_(torch.from_numpy(np.array(head_w)))
     head.bias.copy_(torch.from_numpy(np.array(head_b)))

@@ -27,6 +27,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import from_onnx  # noqa: E402
 import scenes  # noqa: E402
 from export import MEAN, STD, save_with_metadata  # noqa: E402
 from net import WasteNet, load_checkpoint  # noqa: E402
@@ -52,6 +53,9 @@ def parse_args():
     p.add_argument("--init", default="", metavar="CHECKPOINT",
                    help="start from the weights of a waste classifier run (train.py's runs/last.pt, same --widths): "
                         "it already knows the materials on white boards, so belt crops take far fewer epochs")
+    p.add_argument("--init-onnx", default="", metavar="MODEL",
+                   help="start from the weights in an ONNX file train.py exported (FILE#N names an ensemble's member), "
+                        "as --init does from a checkpoint: the shipped models/waste-classifier.onnx needs no training run")
     return p.parse_args()
 
 
@@ -150,6 +154,19 @@ def main():
           flush=True)
 
     model = WasteNet(len(classes), widths=tuple(int(w) for w in args.widths.split(",")))
+    if args.init and args.init_onnx:
+        raise SystemExit("--init and --init-onnx: pass one")
+    if args.init_onnx:
+        model, _ = from_onnx.load(args.init_onnx, classes)
+        widths = ",".join(str(w) for w in from_onnx.widths_of([conv.weight for conv, _ in from_onnx.conv_bn_pairs(model)]))
+        if widths != args.widths:
+            raise SystemExit(f"{args.init_onnx} has stage widths {widths}: pass --widths {widths}")
+        # Batch-norm statistics from crops, not photos: the network's inputs here.
+        calibration_gen = torch.Generator().manual_seed(args.seed + 1)  # the run's own draws stay as without it
+        calibration = (normalise(augment(train_x[i:i + args.batch], (args.size, args.size), calibration_gen))
+                       for i in range(0, 8 * args.batch, args.batch))
+        from_onnx.unfold_batch_norms(model, calibration)
+        print(f"starting from {args.init_onnx}: {accuracy(model, val_x, val_y)[0]:.4f} on the validation crops", flush=True)
     if args.init:
         checkpoint = load_checkpoint(args.init, classes)
         model.load_state_dict(checkpoint["ema"])
@@ -207,7 +224,7 @@ def main():
         "labels": classes, "preprocess": preprocess, "output": "logits",
         "crop": {"margin": CROP_MARGIN, "resize": "fill"},
         "description": f"belt-crop material classifier; {acc:.3f} on {len(val_x)} validation crops; {epochs} epochs, {minutes:.0f} min"
-                       + (f", from {os.path.basename(args.init)}" if args.init else ""),
+                       + (f", from {os.path.basename(args.init or args.init_onnx)}" if args.init or args.init_onnx else ""),
     })
     print(f"wrote {args.out}", flush=True)
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import from_onnx  # noqa: E402
 import scenes  # noqa: E402
 from export import MEAN, STD, save_with_metadata  # noqa: E402
 from net import BasicBlock, conv_bn  # noqa: E402
@@ -56,6 +57,8 @@ class ConveyorDetector(nn.Module):
         up = F.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
         f = self.fuse(self.lat16(f16) + up)
         return self.cls(f), self.box(f)
+
+    forward = raw  # what from_onnx.unfold_batch_norms runs
 
 
 def grid_centres(h, w):
@@ -326,6 +329,9 @@ def main():
     p.add_argument("--runs", default=os.path.join(here, "runs"))
     p.add_argument("--export-only", default="", metavar="CHECKPOINT")
     p.add_argument("--init", default="", metavar="CHECKPOINT", help="start from these weights (fine-tuning) instead of from scratch")
+    p.add_argument("--init-onnx", default="", metavar="MODEL",
+                   help="start from the weights of a detector this script exported (the shipped models/conveyor-detector.onnx): "
+                        "fine-tuning without the training checkpoint")
     p.add_argument("--no-balanced", dest="balanced", action="store_false",
                    help="draw cut-outs uniformly instead of every class equally often")
     args = p.parse_args()
@@ -347,6 +353,18 @@ def main():
     history, started = [], time.time()
     if args.init:
         model.load_state_dict(torch.load(args.init)["model"])
+    if args.init_onnx:
+        meta = from_onnx.load_convolutions(model, args.init_onnx)
+        if json.loads(meta.get("labels", "[]")) != classes:
+            raise SystemExit(f"{args.init_onnx} labels {meta.get('labels')}, these photos' classes are {classes}")
+        # Batch-norm statistics from training scenes of a generator of their own.
+        crng = np.random.default_rng(args.seed + 1)
+        cpool = scenes.BeltPool(crng, size=12)
+        from_onnx.unfold_batch_norms(model, (normalise(make_batch(crng, train_cut, args.batch, cpool)[0]) for _ in range(6)))
+        start = evaluate(exported, val_batches[:4], classes)
+        print(f"starting from {args.init_onnx}: validation (96 scenes) mAP@0.5 {start['map50']:.3f}", flush=True)
+        history.append({"step": 0, "minutes": 0, "map50": start["map50"], "from": os.path.basename(args.init_onnx)})
+        started = time.time()  # the budget is for training
     if args.export_only:
         model.load_state_dict(torch.load(args.export_only)["model"])
     else:
@@ -354,7 +372,7 @@ def main():
         loader = torch.utils.data.DataLoader(SceneStream(train_cut, args.batch, args.seed, args.balanced), batch_size=None,
                                              num_workers=1, prefetch_factor=4, persistent_workers=True)
         budget = args.budget_min * 60
-        warmup = 50 if args.init else 300
+        warmup = 50 if args.init or args.init_onnx else 300
         step, last_eval = 0, time.time()
         running = []
         for x, targets in loader:
@@ -393,7 +411,8 @@ def main():
     metrics["training_minutes"] = round((time.time() - started) / 60, 1) if not args.export_only else None
     metrics["history"] = history
     print(json.dumps(metrics, indent=1), flush=True)
-    export_onnx(exported, args.out, classes, args, {"trained": "from scratch on synthetic belt scenes (tools/train/scenes.py)",
+    trained = (f"fine-tuned from {os.path.basename(args.init_onnx)}, itself trained from scratch," if args.init_onnx else "from scratch")
+    export_onnx(exported, args.out, classes, args, {"trained": f"{trained} on synthetic belt scenes (tools/train/scenes.py)",
                                                     "map50": metrics["map50"]})
     with open(os.path.splitext(args.out)[0] + ".metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
