@@ -455,9 +455,33 @@ def belt_sequence(rng, cutouts, n_items, w=SCENE_W, h=SCENE_H, speed=None):
 
 # ---------------------------------------------------------------------------- CLI
 
+def write_flattened(data, split, out):
+    """A measure of the masks: each photo with a usable cut-out written again with everything outside
+    its mask replaced by the board's mean colour, and the list of them (`usable.txt`). The waste
+    classifier's accuracy on these (tools/evaluate.js --data OUT --split OUT/usable.txt) falls where a
+    mask drops part of the object; a mask that keeps board or shadow gives the classifier more of the
+    photo than a belt will, so read it beside a `masks` sheet."""
+    kept = []
+    for rel in read_split(os.path.join(HERE, "split"), split):
+        im = Image.open(os.path.join(data, rel)).convert("RGB")
+        scale = 256 / max(im.size)
+        mask = object_mask(np.asarray(im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)))
+        if not usable(mask):
+            continue
+        alpha = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(im.size, Image.BILINEAR))[..., None] / 255.0
+        photo = np.asarray(im).astype(np.float32)
+        board = np.concatenate([photo[:8].reshape(-1, 3), photo[-8:].reshape(-1, 3)]).mean(0)
+        os.makedirs(os.path.join(out, os.path.dirname(rel)), exist_ok=True)
+        Image.fromarray((photo * alpha + board * (1 - alpha)).astype(np.uint8)).save(os.path.join(out, rel), quality=95)
+        kept.append(rel)
+    with open(os.path.join(out, "usable.txt"), "w") as f:
+        f.write("\n".join(kept) + "\n")
+    print(f"{len(kept)} photos of {split} with a usable cut-out, flattened in {out}", file=sys.stderr)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["preview", "sequences", "masks"])
+    p.add_argument("command", choices=["preview", "sequences", "masks", "flattened"])
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--out", required=True)
@@ -482,6 +506,9 @@ def main():
             im.thumbnail((96, 128))
             sheet.paste(im, ((i % 8) * 96, (i // 8) * 128), im)
         sheet.save(os.path.join(args.out, "masks.png"))
+        return
+    if args.command == "flattened":
+        write_flattened(args.data, args.split, args.out)
         return
     cutouts, classes = load_cutouts(args.data, args.split, cache_dir=args.cache_dir, limit=args.photos)
     if args.command == "preview":
