@@ -43,7 +43,10 @@ def read_split(split_dir, name):
         return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 
-def object_mask(rgb):
+MASKS = ("colour", "edges")
+
+
+def object_mask(rgb, masks="colour"):
     """Mask of the object in a TrashNet photo (H x W x 3 uint8): True on the object.
 
     The board is bright and smooth but lit unevenly, so a quadratic surface per channel is fitted to
@@ -55,6 +58,9 @@ def object_mask(rgb):
       white paper and the inside of a shiny lid differ from the board mostly there, and a soft
       shadow's edge is spread over too many pixels to pass.
     Their union, a little morphology, holes filled, and the most solid connected part kept.
+    masks="colour" is the first recipe, the colour cue alone (any tint counts), which cuts clear and
+    white objects to pieces; the shipped detector learnt from it, so it stays the default until the
+    detector is retrained on "edges" cut-outs (it splits some whole objects it has not seen).
     """
     h, w, _ = rgb.shape
     img = rgb.astype(np.float32) + 1.0
@@ -62,6 +68,11 @@ def object_mask(rgb):
     lum, board_lum = img.mean(-1), board.mean(-1)
     ratio = lum / board_lum
     chroma = np.abs(img / lum[..., None] - board / board_lum[..., None]).max(-1)
+    if masks == "colour":
+        mask = (chroma > 0.1) | (ratio < 0.55) | (ratio > 1.12)
+        mask = erode(dilate(mask, 5), 5)
+        mask = dilate(erode(mask, 5), 5)
+        return main_component(fill_holes(mask))
     colour = ((chroma > 0.1) & (ratio > 0.85)) | (chroma > 0.2) | (ratio < 0.55) | (ratio > 1.12)
     normalised = Image.fromarray(np.clip(img / board * 128, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
     normalised = np.asarray(normalised).astype(np.float32) / 128
@@ -150,12 +161,12 @@ def usable(mask):
     return edge.mean() < 0.25
 
 
-def cutout(path):
+def cutout(path, masks="colour"):
     """RGBA cut-out (uint8) of the object in one photo, cropped to its mask, or None if unusable."""
     im = Image.open(path).convert("RGB")
     scale = 256 / max(im.size)
     small = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
-    mask = object_mask(np.asarray(small))
+    mask = object_mask(np.asarray(small), masks)
     if not usable(mask):
         return None
     ys, xs = np.nonzero(mask)
@@ -172,7 +183,8 @@ def cutout(path):
     return np.asarray(rgba)
 
 
-def load_cutouts(data, split, split_dir=os.path.join(HERE, "split"), cache_dir=os.path.join(HERE, "cache"), limit=0):
+def load_cutouts(data, split, split_dir=os.path.join(HERE, "split"), cache_dir=os.path.join(HERE, "cache"), limit=0,
+                 masks="colour"):
     """[(rgba uint8 array, class index)] for one split, and the class names; cached on disk.
 
     limit: cut only about this many photos, every k-th of the split (which lists photos class by
@@ -182,7 +194,7 @@ def load_cutouts(data, split, split_dir=os.path.join(HERE, "split"), cache_dir=o
     paths = read_split(split_dir, split)
     if limit and limit < len(paths):
         paths = paths[::math.ceil(len(paths) / limit)]
-    key = hashlib.sha1(("\n".join(paths) + f"|{CUTOUT_MAX_SIDE}|v2").encode()).hexdigest()[:10]
+    key = hashlib.sha1(("\n".join(paths) + f"|{CUTOUT_MAX_SIDE}|" + ("v1" if masks == "colour" else "v2-edges")).encode()).hexdigest()[:10]
     cache = os.path.join(cache_dir, f"cutouts-{split}-{len(paths)}-{key}.pkl")
     if os.path.exists(cache):
         with open(cache, "rb") as f:
@@ -190,7 +202,7 @@ def load_cutouts(data, split, split_dir=os.path.join(HERE, "split"), cache_dir=o
     out, skipped = [], 0
     for rel in paths:
         c = rel.split("/")[0]
-        rgba = cutout(os.path.join(data, rel))
+        rgba = cutout(os.path.join(data, rel), masks)
         if rgba is None:
             skipped += 1
             continue
@@ -455,7 +467,7 @@ def belt_sequence(rng, cutouts, n_items, w=SCENE_W, h=SCENE_H, speed=None):
 
 # ---------------------------------------------------------------------------- CLI
 
-def write_flattened(data, split, out):
+def write_flattened(data, split, out, masks):
     """A measure of the masks: each photo with a usable cut-out written again with everything outside
     its mask replaced by the board's mean colour, and the list of them (`usable.txt`). The waste
     classifier's accuracy on these (tools/evaluate.js --data OUT --split OUT/usable.txt) falls where a
@@ -465,7 +477,7 @@ def write_flattened(data, split, out):
     for rel in read_split(os.path.join(HERE, "split"), split):
         im = Image.open(os.path.join(data, rel)).convert("RGB")
         scale = 256 / max(im.size)
-        mask = object_mask(np.asarray(im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)))
+        mask = object_mask(np.asarray(im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)), masks)
         if not usable(mask):
             continue
         alpha = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(im.size, Image.BILINEAR))[..., None] / 255.0
@@ -492,6 +504,8 @@ def main():
     p.add_argument("--photos", type=int, default=0, help="cut only about this many photos of the split (0: all)")
     p.add_argument("--cache-dir", default=os.path.join(HERE, "cache"))
     p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--masks", choices=MASKS, default="colour",
+                   help="how objects are cut from their board: the colour cue alone (what the shipped detector learnt from) or with edges")
     args = p.parse_args()
     rng = np.random.default_rng(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -499,7 +513,7 @@ def main():
         paths = read_split(os.path.join(HERE, "split"), args.split)
         sheet = Image.new("RGB", (8 * 96, ((min(args.count, len(paths)) + 7) // 8) * 128), (255, 0, 255))
         for i, rel in enumerate(paths[:: max(1, len(paths) // args.count)][:args.count]):
-            c = cutout(os.path.join(args.data, rel))
+            c = cutout(os.path.join(args.data, rel), args.masks)
             if c is None:
                 continue
             im = Image.fromarray(c)
@@ -508,9 +522,9 @@ def main():
         sheet.save(os.path.join(args.out, "masks.png"))
         return
     if args.command == "flattened":
-        write_flattened(args.data, args.split, args.out)
+        write_flattened(args.data, args.split, args.out, args.masks)
         return
-    cutouts, classes = load_cutouts(args.data, args.split, cache_dir=args.cache_dir, limit=args.photos)
+    cutouts, classes = load_cutouts(args.data, args.split, cache_dir=args.cache_dir, limit=args.photos, masks=args.masks)
     if args.command == "preview":
         for i in range(args.count):
             im, boxes, labels = random_scene(rng, cutouts)

@@ -38,6 +38,7 @@ CROP_MARGIN = 1.15
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--masks", choices=scenes.MASKS, default="colour", help="cut-outs: scenes.py --masks")
     p.add_argument("--data", required=True, help="the TrashNet folder (<class>/<photo>)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--size", type=int, default=96, help="input width and height")
@@ -144,8 +145,8 @@ def main():
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
-    train_cut, classes = scenes.load_cutouts(args.data, "train")
-    val_cut, _ = scenes.load_cutouts(args.data, "val")
+    train_cut, classes = scenes.load_cutouts(args.data, "train", masks=args.masks)
+    val_cut, _ = scenes.load_cutouts(args.data, "val", masks=args.masks)
     # Training crops at 1.25x the input size, so augmentation's zoom and rotation keep detail.
     big = round(args.size * 1.25)
     train_x, train_y = cached_crops("train", args.seed, train_cut, args.train_crops, big, jitter=True)

@@ -316,6 +316,7 @@ def export_onnx(exported, path, classes, args, extra):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--masks", choices=scenes.MASKS, default="colour", help="cut-outs: scenes.py --masks")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--width", type=int, default=scenes.SCENE_W)
@@ -338,8 +339,8 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    train_cut, classes = scenes.load_cutouts(args.data, "train")
-    val_cut, _ = scenes.load_cutouts(args.data, "val")
+    train_cut, classes = scenes.load_cutouts(args.data, "train", masks=args.masks)
+    val_cut, _ = scenes.load_cutouts(args.data, "val", masks=args.masks)
     print(f"classes {classes}; cut-outs train {len(train_cut)}, validation {len(val_cut)}", flush=True)
     vrng = np.random.default_rng(12345)
     vpool = scenes.BeltPool(vrng, size=40)
