@@ -1,4 +1,4 @@
-"""Weights of a classifier that train.py exported, read back from its ONNX file into a WasteNet.
+"""Weights that train.py (a classifier, read back into a WasteNet) or train_detector.py (its convolutions) exported, read back from the ONNX file.
 
 The export folds every batch norm into the convolution before it (eval mode, constant folding), so the
 file holds one weight and one bias per convolution. For inference (a distillation teacher) each batch
