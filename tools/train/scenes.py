@@ -70,17 +70,15 @@ def object_mask(rgb, masks="colour"):
     chroma = np.abs(img / lum[..., None] - board / board_lum[..., None]).max(-1)
     if masks == "colour":
         mask = (chroma > 0.1) | (ratio < 0.55) | (ratio > 1.12)
-        mask = erode(dilate(mask, 5), 5)
-        mask = dilate(erode(mask, 5), 5)
-        return main_component(fill_holes(mask))
-    colour = ((chroma > 0.1) & (ratio > 0.85)) | (chroma > 0.2) | (ratio < 0.55) | (ratio > 1.12)
-    normalised = Image.fromarray(np.clip(img / board * 128, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
-    normalised = np.asarray(normalised).astype(np.float32) / 128
-    steps = np.max([gradient_magnitude(normalised[..., c]) for c in range(3)], 0)
-    # The board's own grain sets the bar (its median step at the border), never below a 4.5 % step.
-    edges = steps > max(0.045, 6 * float(np.median(steps[border])))
-    edges = erode(dilate(edges, 11), 11)  # close outlines broken by highlights
-    mask = colour | edges
+    else:
+        colour = ((chroma > 0.1) & (ratio > 0.85)) | (chroma > 0.2) | (ratio < 0.55) | (ratio > 1.12)
+        normalised = Image.fromarray(np.clip(img / board * 128, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
+        normalised = np.asarray(normalised).astype(np.float32) / 128
+        steps = np.max([gradient_magnitude(normalised[..., c]) for c in range(3)], 0)
+        # The board's own grain sets the bar (its median step at the border), never below a 4.5 % step.
+        edges = steps > max(0.045, 6 * float(np.median(steps[border])))
+        edges = erode(dilate(edges, 11), 11)  # close outlines broken by highlights
+        mask = colour | edges
     mask = erode(dilate(mask, 5), 5)  # close small gaps
     mask = dilate(erode(mask, 5), 5)  # open: drop specks
     return main_component(fill_holes(mask))
@@ -161,12 +159,18 @@ def usable(mask):
     return edge.mean() < 0.25
 
 
-def cutout(path, masks="colour"):
-    """RGBA cut-out (uint8) of the object in one photo, cropped to its mask, or None if unusable."""
+def photo_mask(path, masks="colour"):
+    """(the photo as a PIL RGB image, its object mask found at 256 pixels on the longer side, the scale
+    from the photo to the mask)."""
     im = Image.open(path).convert("RGB")
     scale = 256 / max(im.size)
     small = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
-    mask = object_mask(np.asarray(small), masks)
+    return im, object_mask(np.asarray(small), masks), scale
+
+
+def cutout(path, masks="colour"):
+    """RGBA cut-out (uint8) of the object in one photo, cropped to its mask, or None if unusable."""
+    im, mask, scale = photo_mask(path, masks)
     if not usable(mask):
         return None
     ys, xs = np.nonzero(mask)
@@ -475,9 +479,7 @@ def write_flattened(data, split, out, masks):
     photo than a belt will, so read it beside a `masks` sheet."""
     kept = []
     for rel in read_split(os.path.join(HERE, "split"), split):
-        im = Image.open(os.path.join(data, rel)).convert("RGB")
-        scale = 256 / max(im.size)
-        mask = object_mask(np.asarray(im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)), masks)
+        im, mask, _ = photo_mask(os.path.join(data, rel), masks)
         if not usable(mask):
             continue
         alpha = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(im.size, Image.BILINEAR))[..., None] / 255.0

@@ -57,7 +57,10 @@ def parse_args():
     p.add_argument("--init-onnx", default="", metavar="MODEL",
                    help="start from the weights in an ONNX file train.py exported (FILE#N names an ensemble's member), "
                         "as --init does from a checkpoint: the shipped models/waste-classifier.onnx needs no training run")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.init and args.init_onnx:
+        p.error("--init and --init-onnx: pass one")
+    return args
 
 
 def crop_box(box, frame_w, frame_h, margin=CROP_MARGIN):
@@ -155,8 +158,6 @@ def main():
           flush=True)
 
     model = WasteNet(len(classes), widths=tuple(int(w) for w in args.widths.split(",")))
-    if args.init and args.init_onnx:
-        raise SystemExit("--init and --init-onnx: pass one")
     if args.init_onnx:
         model, _ = from_onnx.load(args.init_onnx, classes)
         widths = ",".join(str(w) for w in from_onnx.widths_of([conv.weight for conv, _ in from_onnx.conv_bn_pairs(model)]))
