@@ -128,6 +128,13 @@ def widths_of(convs):
     return tuple(stages)
 
 
+def require_widths(net, path, widths):
+    """Stops unless the stage widths of a net read from `path` are `widths` ("32,64,128,256", as --widths)."""
+    found = ",".join(str(w) for w in widths_of([conv.weight for conv, _ in conv_bn_pairs(net)]))
+    if found != widths:
+        raise SystemExit(f"{path} has stage widths {found}: pass --widths {found}")
+
+
 def conv_bn_pairs(net):
     """(conv, batch norm) of every convolution followed by a batch norm (conv_bn: no bias of its own),
     in module order; for a WasteNet that is the order its forward pass runs them and an export lists them."""

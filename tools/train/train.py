@@ -428,9 +428,7 @@ def main():
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.init_onnx:
         model, init_size = from_onnx.load(args.init_onnx, classes)
-        init_widths = ",".join(str(w) for w in from_onnx.widths_of([conv.weight for conv, _ in from_onnx.conv_bn_pairs(model)]))
-        if init_widths != args.widths:
-            raise SystemExit(f"{args.init_onnx} has stage widths {init_widths}: pass --widths {init_widths}")
+        from_onnx.require_widths(model, args.init_onnx, args.widths)
         # Statistics from augmented training batches of a generator of its own, so the run's random
         # draws are those of a run without --init-onnx.
         calibration = training_batches(train_x, train_y, len(classes), args, torch.Generator().manual_seed(args.seed + 1),

@@ -160,9 +160,7 @@ def main():
     model = WasteNet(len(classes), widths=tuple(int(w) for w in args.widths.split(",")))
     if args.init_onnx:
         model, _ = from_onnx.load(args.init_onnx, classes)
-        widths = ",".join(str(w) for w in from_onnx.widths_of([conv.weight for conv, _ in from_onnx.conv_bn_pairs(model)]))
-        if widths != args.widths:
-            raise SystemExit(f"{args.init_onnx} has stage widths {widths}: pass --widths {widths}")
+        from_onnx.require_widths(model, args.init_onnx, args.widths)
         # Batch-norm statistics from crops, not photos: the network's inputs here.
         calibration_gen = torch.Generator().manual_seed(args.seed + 1)  # the run's own draws stay as without it
         calibration = (normalise(augment(train_x[i:i + args.batch], (args.size, args.size), calibration_gen))
