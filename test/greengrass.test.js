@@ -276,6 +276,49 @@ test('a broker far away: spooled results go out many at a time, not one per roun
   }
 });
 
+test('the tab disabled while results are in flight, then enabled: the connection stops and starts again and every result arrives', async () => {
+  // aws-iot-device-sdk-v2's MQTT 5 client, stopped with a QoS 1 publish whose PUBACK has not come,
+  // never settles that publish: the spool's drain pass waited on it for ever and nothing went out
+  // after the tab came back (the flake test/redeploy.test.js caught). The slow link keeps publishes in flight.
+  const broker = await startMosquitto();
+  const sub = await collect(broker.url, ['recycling/#']);
+  const proxyPort = await freePort();
+  const proxy = slowLinkProxy(broker.port, 40);
+  await new Promise((resolve) => proxy.server.listen(proxyPort, '127.0.0.1', resolve));
+  const spoolDir = tmpDir('gg-spool-');
+  const tabbed = (disabled) => flow({ transport: 'mqtt', url: `mqtt://127.0.0.1:${proxyPort}`, spoolDir })
+    .map((n) => (n.type === 'tab' ? { ...n, disabled } : n));
+  const send = async (from, to) => {
+    for (let n = from; n <= to; n++) {
+      const accepted = nextMessage(helper.getNode('sent'));
+      helper.getNode('pub').receive({ payload: { n }, frame: { camera: 'belt1' } });
+      await accepted;
+    }
+  };
+  try {
+    await loadFlow(helper, nodes, tabbed(false));
+    await until(() => helper.getNode('conn').state === 'connected', 10_000, 'the connection');
+    for (let round = 0; round < 3; round++) {
+      const first = round * 40 + 1;
+      await send(first, first + 19);
+      // The publish node goes with its tab (removed, for Node-RED), the connection stops with results in flight.
+      await helper.setFlows(tabbed(true), 'flows');
+      assert.equal(helper.getNode('conn').state, 'stopped');
+      await helper.setFlows(tabbed(false), 'flows');
+      await send(first + 20, first + 39);
+      const expected = Array.from({ length: first + 39 }, (_, i) => i + 1);
+      await until(() => new Set(sub.messages.map((m) => JSON.parse(m.payload).n)).size === expected.length, 10_000,
+        `results 1-${first + 39} after the tab came back (round ${round + 1})`);
+    }
+    await until(() => helper.getNode('conn').queued === 0, 5000, 'an empty spool');
+  } finally {
+    await helper.unload();
+    proxy.server.close();
+    await sub.close();
+    await broker.close();
+  }
+});
+
 test('a message the broker refuses (ACL) is set aside after three tries, reported by its own node, and the rest keep flowing', async () => {
   // mosquitto answers a QoS 1 PUBLISH that its ACL denies with PUBACK reason 0x87 (not authorized)
   // to MQTT 5 clients; without a dead letter it would block every later result forever.

@@ -59,7 +59,8 @@ test('results keep coming after full, flows, nodes and reload deploys, tab disab
     const resumes = async (what) => {
       const before = { results: results().length, diverts: diverts().length };
       const started = Date.now();
-      await until(() => results().length >= before.results + 3 && diverts().length >= before.diverts + 3, RESUME_WITHIN_MS, `results to resume after ${what}`);
+      await until(() => results().length >= before.results + 3 && diverts().length >= before.diverts + 3, RESUME_WITHIN_MS, `results to resume after ${what}`)
+        .catch((err) => { throw new Error(`${err.message}; Node-RED's log ends:\n${proc.log.slice(-3000)}`); });
       figures.push(`${what} ${Date.now() - started} ms`);
     };
     await deploy('flows', (flows) => flows.map((n) => (n.type === 'tab' ? { ...n, disabled: true } : n)));

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'events';
 import { eventstream_rpc, greengrasscoreipc, io } from 'aws-iot-device-sdk-v2';
 import { Backoff } from '../lib/backoff';
+import { InFlightPublishes } from './in-flight';
 import type { ConnectionState, OutgoingMessage } from './mqtt-transport';
 import { IOT_CORE_MAX_PAYLOAD_BYTES } from './outgoing';
 import { RefusedError } from './spool';
@@ -37,6 +38,7 @@ export class IpcTransport extends EventEmitter {
   private client?: greengrasscoreipc.Client;
   private retryTimer?: NodeJS.Timeout;
   private readonly backoff = new Backoff(500, 15_000);
+  private readonly inFlight = new InFlightPublishes();
   private stopped = true;
   /** Connections the nucleus closed during the CONNECT handshake, in a row. */
   private handshakeCloses = 0;
@@ -145,7 +147,7 @@ export class IpcTransport extends EventEmitter {
       timer = setTimeout(() => reject(new Error(`the nucleus did not answer ${operation} ${topic} within ${IPC_REQUEST_TIMEOUT_MS / 1000} s`)), IPC_REQUEST_TIMEOUT_MS);
     });
     try {
-      await Promise.race([request, timeout]);
+      await this.inFlight.track(topic, Promise.race([request, timeout]));
     } catch (err) {
       if (err instanceof Error && /did not answer/.test(err.message)) {
         request.catch(() => undefined);
@@ -183,6 +185,7 @@ export class IpcTransport extends EventEmitter {
     const client = this.client;
     this.client = undefined;
     if (client) await client.close().catch(() => undefined);
+    this.inFlight.failAll(`the connection to ${this.description} was stopped first`);
     this.setState('stopped');
   }
 

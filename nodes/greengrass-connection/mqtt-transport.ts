@@ -2,6 +2,7 @@
 import { EventEmitter } from 'events';
 import { io, mqtt, mqtt5 } from 'aws-iot-device-sdk-v2';
 import { Backoff } from '../lib/backoff';
+import { InFlightPublishes } from './in-flight';
 import { RefusedError, SpooledMessage } from './spool';
 
 export interface MqttOptions {
@@ -83,6 +84,7 @@ export class MqttTransport extends EventEmitter {
   /** The next attempt to set up TLS, after it failed. */
   private tlsRetry?: NodeJS.Timeout;
   private readonly tlsBackoff = new Backoff(1000, 30_000, 2);
+  private readonly inFlight = new InFlightPublishes();
 
   constructor(private readonly options: MqttOptions) {
     super();
@@ -150,7 +152,7 @@ export class MqttTransport extends EventEmitter {
     if (this.state !== 'connected') {
       throw new Error(`not connected to ${this.description}${this.lastError ? `: ${this.lastError}` : ''}`);
     }
-    await client.publish(message);
+    await this.inFlight.track(message.topic, client.publish(message));
   }
 
   /** Stops the client and frees its native resources. */
@@ -165,6 +167,7 @@ export class MqttTransport extends EventEmitter {
       return;
     }
     await client.stop();
+    this.inFlight.failAll(`the connection to ${this.description} was stopped first`);
     this.setState('stopped');
   }
 
