@@ -247,6 +247,13 @@ function slowLinkProxy(brokerPort, delayMs) {
   return { stats, server };
 }
 
+async function closeSlowLink(proxy, sub, broker) {
+  await helper.unload();
+  proxy.server.close();
+  await sub.close();
+  await broker.close();
+}
+
 test('a broker far away: spooled results go out many at a time, not one per round trip, in order and each once', async () => {
   const broker = await startMosquitto();
   const sub = await collect(broker.url, ['recycling/#']);
@@ -269,10 +276,7 @@ test('a broker far away: spooled results go out many at a time, not one per roun
     assert.ok(proxy.stats.mostInFlight > 1 && proxy.stats.mostInFlight <= 64, `${proxy.stats.mostInFlight} in flight at most`);
     await until(() => helper.getNode('conn').queued === 0, 5000, 'an empty spool');
   } finally {
-    await helper.unload();
-    proxy.server.close();
-    await sub.close();
-    await broker.close();
+    await closeSlowLink(proxy, sub, broker);
   }
 });
 
@@ -312,10 +316,7 @@ test('the tab disabled while results are in flight, then enabled: the connection
     }
     await until(() => helper.getNode('conn').queued === 0, 5000, 'an empty spool');
   } finally {
-    await helper.unload();
-    proxy.server.close();
-    await sub.close();
-    await broker.close();
+    await closeSlowLink(proxy, sub, broker);
   }
 });
 
