@@ -4,6 +4,7 @@
 // (sharp pre-processing as the model's metadata says, onnxruntime-node, the detection node's
 // decoding, the tracker as ml-track runs it) and compares the counts per class with the truth.
 // Usage: npx tsc -p . && node tools/evaluate-counting.js --belts /tmp/belts [--model models/conveyor-detector.onnx] [--json out.json]
+// --json also holds `confusion`: for each true class, how the counted items of that class were named.
 // Make belts first: /usr/bin/python3 tools/train/scenes.py sequences --data ../shared/datasets/trashnet --split val --out /tmp/belts
 // --classifier crops.onnx names each detection's material with a classifier of belt crops
 // (tools/train/train_crops.py) instead of the detector: each box cut from the frame by the crop rule in
@@ -102,6 +103,8 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
   let detections = 0;
   let matched = 0;
   let labelledRight = 0;
+  /** confusion[true label][counted label]: the counted items that overlap a true item. */
+  const confusion = {};
   const started = Date.now();
   try {
     for (const belt of belts) {
@@ -131,7 +134,10 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
           const truthBox = bestMatch(item.box, beltTruth.frames[i] ?? []);
           if (truthBox) {
             matched++;
-            if (beltTruth.labels[truthBox.label] === item.label) labelledRight++;
+            const trueLabel = beltTruth.labels[truthBox.label];
+            if (trueLabel === item.label) labelledRight++;
+            confusion[trueLabel] ??= {};
+            confusion[trueLabel][item.label] = (confusion[trueLabel][item.label] ?? 0) + 1;
           }
         }
         frames++;
@@ -159,6 +165,7 @@ async function countBelts({ modelPath = path.join(root, 'models', 'conveyor-dete
     /** Of the counted items that overlap a true item, the share whose label is that item's class. */
     itemLabelAccuracy: labelledRight / Math.max(1, matched),
     perClass,
+    confusion,
     perBelt,
   };
 }
