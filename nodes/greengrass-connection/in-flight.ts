@@ -15,10 +15,6 @@ export class InFlightPublishes {
     });
   }
 
-  get size(): number {
-    return this.pending.size;
-  }
-
   /** Rejects every publish still in flight; `why` completes "the publish to <topic> was not confirmed: ...". */
   failAll(why: string): void {
     for (const [reject, topic] of this.pending) reject(new Error(`the publish to ${topic} was not confirmed: ${why}`));
